@@ -1,0 +1,1 @@
+"""Side effects called by workflows: Stripe calls, ledger/state writes, outbox delivery."""

@@ -1,0 +1,1 @@
+"""Penny's HTTP edge (FastAPI)."""

@@ -1,0 +1,1 @@
+"""Double-entry ledger on PostgreSQL: schema and migrations, postings, balances, money."""

@@ -1,0 +1,1 @@
+"""Penny: settings, the `penny` command line, and the local stack runner."""

@@ -1,0 +1,189 @@
+"""The `penny` command line.
+
+penny dev [--demo]    run the whole local stack (and the demo once it is healthy)
+penny demo            run the marketplace demo against the running stack (starts it if needed)
+penny api             run the API (uvicorn)
+penny worker          run the Temporal worker (same as `python worker.py`)
+penny emulator        run the Stripe emulator
+penny migrate         bring the database schema to head
+penny config          print every setting, its environment variable, default and value
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from types import FrameType
+
+from pydantic import ValidationError
+
+from penny.settings import Settings, get_settings
+
+
+def _load_settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as error:
+        for problem in error.errors():
+            print(f"penny: configuration error: {problem['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve_forever(stack: object, run_demo: bool) -> int:
+    from penny.services import ServiceError
+    from penny.stack import Stack, say
+
+    assert isinstance(stack, Stack)
+    stopping = False
+
+    def _request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
+    try:
+        stack.start()
+        if run_demo and not stopping:
+            from penny.demo import run_demo_sync
+
+            run_demo_sync(stack.settings)
+        say("Press Ctrl-C to stop.")
+        while not stopping:
+            dead = stack.first_dead_child()
+            if dead is not None:
+                say(f"{dead.name} exited unexpectedly (code {dead.process.returncode}); see {dead.log_path}")
+                return 1
+            time.sleep(0.5)
+        return 0
+    except ServiceError as error:
+        say(f"penny: {error}")
+        return 1
+    finally:
+        # Ignore further Ctrl-C while stopping so the children are always stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stack.stop()
+
+
+def command_dev(args: argparse.Namespace) -> int:
+    from penny.stack import Stack
+
+    stack = Stack(_load_settings())
+    problems = stack.check_ports()
+    if problems:
+        for problem in problems:
+            print(f"penny: {problem}", file=sys.stderr)
+        return 1
+    return _serve_forever(stack, run_demo=args.demo)
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    from penny.demo import api_is_up, run_demo_sync
+    from penny.stack import Stack
+
+    settings = _load_settings()
+    if api_is_up(settings):
+        run_demo_sync(settings)
+        return 0
+    print("The stack is not running; starting it for the demo.")
+    stack = Stack(settings)
+    problems = stack.check_ports()
+    if problems:
+        for problem in problems:
+            print(f"penny: {problem}", file=sys.stderr)
+        return 1
+    try:
+        stack.start()
+        run_demo_sync(settings)
+    finally:
+        stack.stop()
+    return 0
+
+
+def command_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from penny.logs import configure_logging
+
+    settings = _load_settings()
+    configure_logging()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+    )
+    return 0
+
+
+def command_worker(args: argparse.Namespace) -> int:
+    import worker
+
+    worker.main()
+    return 0
+
+
+def command_emulator(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from penny.logs import configure_logging
+
+    settings = _load_settings()
+    configure_logging()
+    uvicorn.run(
+        "stripe_emulator.app:app", host=settings.host, port=args.port or settings.emulator_port, log_config=None
+    )
+    return 0
+
+
+def command_migrate(args: argparse.Namespace) -> int:
+    from penny.db import migrate
+
+    settings = _load_settings()
+    migrate(settings.effective_database_url)
+    print("database schema at head")
+    return 0
+
+
+def command_config(args: argparse.Namespace) -> int:
+    from penny.config_table import configuration_table
+
+    print(configuration_table(_load_settings() if args.values else None))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="penny", description="Penny payment orchestrator")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="run the whole local stack")
+    dev.add_argument("--demo", action="store_true", help="run the demo once the stack is healthy")
+    dev.set_defaults(handler=command_dev)
+
+    commands.add_parser("demo", help="run the marketplace demo").set_defaults(handler=command_demo)
+    commands.add_parser("api", help="run the API").set_defaults(handler=command_api)
+    commands.add_parser("worker", help="run the Temporal worker").set_defaults(handler=command_worker)
+
+    emulator = commands.add_parser("emulator", help="run the Stripe emulator")
+    emulator.add_argument("--port", type=int, default=None)
+    emulator.set_defaults(handler=command_emulator)
+
+    commands.add_parser("migrate", help="migrate the database to head").set_defaults(handler=command_migrate)
+
+    config = commands.add_parser("config", help="print the configuration table")
+    config.add_argument("--values", action="store_true", help="include the current values")
+    config.set_defaults(handler=command_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raise SystemExit(args.handler(args))
+
+
+if __name__ == "__main__":
+    main()

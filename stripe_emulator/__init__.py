@@ -1,0 +1,1 @@
+"""A local, stateful, Stripe-compatible HTTP server (the embedded default for Stripe)."""

@@ -1,0 +1,78 @@
+"""Penny's Temporal worker: registers the workflows and activities and runs them.
+
+Run it on its own with `python worker.py` (or `penny worker`); `penny dev` starts it too.
+This file only wires things together; the logic lives in workflows/ and activities/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.health import HealthActivities
+from penny.db import create_engine
+from penny.logs import configure_logging
+from penny.settings import Settings, get_settings
+from workflows.health import HealthCheckWorkflow
+
+logger = logging.getLogger("penny.worker")
+
+# Bounded concurrency per worker process (TIGER_STYLE: a limit on everything).
+MAX_CONCURRENT_ACTIVITIES = 200
+MAX_CONCURRENT_WORKFLOW_TASKS = 200
+
+
+def workflow_classes() -> Sequence[type]:
+    return [HealthCheckWorkflow]
+
+
+def activity_functions(engine: AsyncEngine, settings: Settings) -> Sequence[Any]:
+    health = HealthActivities(engine)
+    return [health.record_heartbeat]
+
+
+def build_worker(client: Client, engine: AsyncEngine, settings: Settings, task_queue: str | None = None) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal_task_queue,
+        workflows=list(workflow_classes()),
+        activities=list(activity_functions(engine, settings)),
+        max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+        max_concurrent_workflow_tasks=MAX_CONCURRENT_WORKFLOW_TASKS,
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    client = await Client.connect(settings.effective_temporal_address, namespace=settings.temporal_namespace)
+    engine = create_engine(settings.effective_database_url)
+    worker = build_worker(client, engine, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    logger.info(
+        "worker polling task queue %r on %s (namespace %s)",
+        settings.temporal_task_queue,
+        settings.effective_temporal_address,
+        settings.temporal_namespace,
+    )
+    async with worker:
+        await stop.wait()
+        logger.info("worker stopping: finishing in-flight tasks")
+    await engine.dispose()
+
+
+def main() -> None:
+    configure_logging()
+    asyncio.run(run_worker(get_settings()))
+
+
+if __name__ == "__main__":
+    main()
