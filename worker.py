@@ -17,10 +17,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.health import HealthActivities
+from activities.payments import PaymentActivities
+from activities.stripe import StripeActivities
 from penny.db import create_engine
 from penny.logs import configure_logging
 from penny.settings import Settings, get_settings
 from workflows.health import HealthCheckWorkflow
+from workflows.payment import PaymentWorkflow
 
 logger = logging.getLogger("penny.worker")
 
@@ -30,12 +33,27 @@ MAX_CONCURRENT_WORKFLOW_TASKS = 200
 
 
 def workflow_classes() -> Sequence[type]:
-    return [HealthCheckWorkflow]
+    return [HealthCheckWorkflow, PaymentWorkflow]
 
 
 def activity_functions(engine: AsyncEngine, settings: Settings) -> Sequence[Any]:
     health = HealthActivities(engine)
-    return [health.record_heartbeat]
+    payments = PaymentActivities(engine)
+    stripe_calls = StripeActivities(settings)
+    return [
+        health.record_heartbeat,
+        payments.prepare_payment,
+        payments.risk_check,
+        payments.apply_transition,
+        payments.record_ignored_event,
+        stripe_calls.create_payment_intent,
+        stripe_calls.retrieve_payment_intent,
+        stripe_calls.find_payment_intent,
+        stripe_calls.capture_payment_intent,
+        stripe_calls.cancel_payment_intent,
+        stripe_calls.create_transfer,
+        stripe_calls.charge_balance,
+    ]
 
 
 def build_worker(client: Client, engine: AsyncEngine, settings: Settings, task_queue: str | None = None) -> Worker:

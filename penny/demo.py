@@ -1,20 +1,52 @@
-"""`penny demo`: a short scenario against the running stack, with a readable summary.
+"""`penny demo`: a short marketplace scenario against the running stack, with a readable summary.
 
-It grows as features land. Today it shows that every part of the stack answers and that a
-workflow runs end to end through Temporal, the worker and Postgres.
+1. the stack answers (/healthz) and a workflow runs end to end;
+2. a $99.99 order with a 10% platform fee and one seller (a destination charge);
+3. an order paying a seller, a driver and tax (separate transfers in one transfer group);
+4. a declined card;
+5. a manual capture: authorised first, captured partially later (the rest is released);
+then each payment's states and the ledger's balances, and the ledger's own verification
+(every entry balanced, the whole ledger sums to zero: no lost cent).
+
+The demo compresses the waits (settlement polling) so it finishes in seconds; the logic is
+the production logic. With the embedded emulator it advances the emulator's clock so Stripe
+makes the funds available.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
+from typing import Any
 
 import httpx
-from temporalio.client import Client
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
 
 from penny.settings import Settings
 from workflows.health import HealthCheckInput, HealthCheckWorkflow
+from workflows.payment_models import (
+    PAYMENT_WORKFLOW_NAME,
+    QUERY_STATE,
+    UPDATE_CAPTURE,
+    UPDATE_FIRST_MILESTONE,
+    CaptureRequest,
+    PaymentInput,
+    PaymentState,
+    PaymentTimings,
+    SplitRecipientSpec,
+    workflow_id_for_order,
+)
 from workflows.search_attributes import SEARCH_ATTRIBUTE_TYPES
+
+DEMO_TIMINGS = replace(
+    PaymentTimings(),
+    settlement_poll_interval_seconds=1,
+    processing_poll_interval_seconds=1,
+    dispute_window_seconds=3600,
+)
+SETTLEMENT_WAIT_SECONDS = 30
 
 
 def api_url(settings: Settings) -> str:
@@ -26,6 +58,78 @@ def api_is_up(settings: Settings) -> bool:
         return httpx.get(f"{api_url(settings)}/healthz", timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def money(amount_minor: int, currency: str) -> str:
+    from ledger.money import format_amount
+
+    return f"{format_amount(amount_minor, currency)} {currency}"
+
+
+async def _start_payment(client: Client, settings: Settings, payment: PaymentInput) -> tuple[PaymentState, Any]:
+    operation = WithStartWorkflowOperation(
+        PAYMENT_WORKFLOW_NAME,
+        payment,
+        id=workflow_id_for_order(payment.order_id),
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        task_queue=settings.temporal_task_queue,
+        result_type=PaymentState,
+    )
+    state = await client.execute_update_with_start_workflow(
+        UPDATE_FIRST_MILESTONE, start_workflow_operation=operation, result_type=PaymentState
+    )
+    return state, await operation.workflow_handle()
+
+
+async def _wait_settled(handle: WorkflowHandle[Any, Any]) -> PaymentState:
+    state: PaymentState = await handle.query(QUERY_STATE, result_type=PaymentState)
+    for _ in range(SETTLEMENT_WAIT_SECONDS * 5):
+        state = await handle.query(QUERY_STATE, result_type=PaymentState)
+        if state.status not in ("CAPTURED", "AUTHORIZED", "PROCESSING", "CREATED"):
+            break
+        await asyncio.sleep(0.2)
+    return state
+
+
+def _print_payment(title: str, state: PaymentState) -> None:
+    print(f"\n  {title}")
+    print(f"    order {state.order_id}  payment {state.payment_id}  → {state.status}")
+    if state.split is not None:
+        parts = ", ".join(
+            f"{part.role} {part.account_id} {money(part.amount, state.currency)}" for part in state.split.parts
+        )
+        currency = state.currency
+        print(
+            f"    split of {money(state.split.total, currency)}: fee {money(state.split.platform_fee, currency)}"
+            f", tax {money(state.split.tax, currency)}, {parts}"
+        )
+    if state.failure_code:
+        print(f"    failure: {state.failure_code} ({state.failure_message})")
+    for line in state.history:
+        print(f"      {line}")
+
+
+async def _print_ledger(settings: Settings, account_codes: set[str]) -> None:
+    from ledger import ledger as books
+    from penny.db import create_engine
+
+    engine = create_engine(settings.effective_database_url, pool_size=2)
+    try:
+        async with engine.connect() as connection:
+            print("\n  Ledger balances touched by the demo (posted / pending, minor units):")
+            for code in sorted(account_codes):
+                try:
+                    balance = await books.balance(connection, code)
+                except Exception:
+                    continue
+                print(f"    {code:<40} {balance.posted:>10} / {balance.pending:>6}  {balance.currency}")
+            findings = await books.verify(connection)
+        if findings:
+            print(f"  ✗ ledger verification found {len(findings)} problems: {findings[:3]}")
+        else:
+            print("  ✓ ledger verified: every entry balanced, all balances sum to zero per currency — no lost cent")
+    finally:
+        await engine.dispose()
 
 
 async def run_demo(settings: Settings) -> None:
@@ -43,18 +147,78 @@ async def run_demo(settings: Settings) -> None:
         id=f"demo-health-{uuid.uuid4()}",
         task_queue=settings.temporal_task_queue,
     )
-    print(
-        f"  ✓ workflow  HealthCheckWorkflow completed: heartbeat #{result.heartbeat_id} "
-        f"written to database {result.database!r}"
-    )
-
+    print(f"  ✓ workflow  HealthCheckWorkflow wrote heartbeat #{result.heartbeat_id} to {result.database!r}")
     from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 
     listed = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=settings.temporal_namespace)
     )
     registered = sorted(name for name in SEARCH_ATTRIBUTE_TYPES if name in listed.custom_attributes)
-    print(f"  ✓ search attributes registered: {', '.join(registered)}")
+    print(f"  ✓ search attributes: {', '.join(registered)}")
+
+    run = uuid.uuid4().hex[:6]
+    seller, driver = f"acct_demo_seller_{run}", f"acct_demo_driver_{run}"
+
+    def order(name: str, **fields: Any) -> PaymentInput:
+        base = PaymentInput(
+            order_id=f"demo-{run}-{name}",
+            amount=9999,
+            currency="USD",
+            customer=f"cus_demo_{run}",
+            payment_method="pm_card_visa",
+            recipients=[SplitRecipientSpec(seller, share_bps=10_000)],
+            platform_fee_bps=1000,
+            timings=DEMO_TIMINGS,
+            description=f"Penny demo: {name}",
+        )
+        return replace(base, **fields)
+
+    one_seller, one_handle = await _start_payment(client, settings, order("one-seller"))
+    three_way, three_handle = await _start_payment(
+        client,
+        settings,
+        order(
+            "seller-driver-tax",
+            amount=4999,
+            tax_amount=400,
+            recipients=[
+                SplitRecipientSpec(seller, share_bps=7000, role="seller"),
+                SplitRecipientSpec(driver, share_bps=3000, role="driver"),
+            ],
+        ),
+    )
+    declined, _ = await _start_payment(
+        client, settings, order("declined", payment_method="pm_card_chargeDeclinedInsufficientFunds")
+    )
+    manual, manual_handle = await _start_payment(client, settings, order("manual-capture", capture_method="manual"))
+    authorized_status = manual.status
+    manual = await manual_handle.execute_update(UPDATE_CAPTURE, CaptureRequest(amount=7500), result_type=PaymentState)
+
+    if settings.uses_emulator:
+        async with httpx.AsyncClient(base_url=settings.effective_stripe_api_base, timeout=10.0) as emulator:
+            await emulator.post("/_emulator/clock/advance", json={"seconds": 3 * 24 * 3600})
+    one_seller = await _wait_settled(one_handle)
+    three_way = await _wait_settled(three_handle)
+    manual = await _wait_settled(manual_handle)
+
+    _print_payment("1. $99.99, 10% platform fee, one seller (destination charge)", one_seller)
+    _print_payment("2. $49.99 paying a seller (70%), a driver (30%) and $4.00 tax", three_way)
+    _print_payment("3. a declined card", declined)
+    _print_payment(f"4. manual capture: {authorized_status}, then $75.00 of $99.99 captured", manual)
+
+    await _print_ledger(
+        settings,
+        {
+            "stripe:pending:usd",
+            "stripe:available:usd",
+            "platform:fees:usd",
+            "platform:processing_fees:usd",
+            "tax:payable:usd",
+            f"seller:{seller}:payable:usd",
+            f"seller:{driver}:payable:usd",
+        },
+    )
+    print(f"\n  Find them in the Temporal UI: http://{settings.host}:{settings.temporal_ui_port} (OrderId STARTS_WITH)")
     print("=== demo complete ===\n")
 
 

@@ -90,6 +90,7 @@ class Stack:
                 "TEMPORAL_NAMESPACE": s.temporal_namespace,
                 "TEMPORAL_TASK_QUEUE": s.temporal_task_queue,
                 "STRIPE_API_BASE": s.effective_stripe_api_base,
+                "PENNY_EMULATOR_DB": str(s.data_dir / "emulator.sqlite3"),
                 "PYTHONUNBUFFERED": "1",
             }
         )

@@ -28,6 +28,8 @@ from penny.db import create_engine, migrate
 from penny.services import EmbeddedPostgres, free_port, temporal_binary
 from workflows.search_attributes import ALL_SEARCH_ATTRIBUTES
 
+pytest_plugins = ["tests.payment_fixtures"]
+
 TEMPLATE_DATABASE = "penny_template"
 _database_numbers = itertools.count(1)
 
@@ -98,3 +100,119 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if asyncio.iscoroutinefunction(getattr(item, "function", None)):
             item.add_marker(pytest.mark.asyncio(loop_scope="session"))
+
+
+# =============================================================================
+# Stripe emulator fixtures (issue [emulator]). Appended section: the emulator
+# runs under uvicorn in a background thread and is reached over real HTTP.
+#
+# - `stripe_emulator` (session): `.base_url`, `.control` (EmulatorControl), `.config`, `.app`.
+# - `stripe_client` (function): a `stripe.StripeClient` on it (sk_test_ key, no retries).
+# - `emulator` (function): the same emulator; clears API and webhook faults after the test.
+# - `emulator_factory` (session): `emulator_factory(config)` starts a private emulator
+#   (for tests that advance the clock, reset or persist); all stop at session end.
+# =============================================================================
+
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import stripe  # noqa: E402
+import uvicorn  # noqa: E402
+
+from stripe_emulator.app import Emulator, create_app  # noqa: E402
+from stripe_emulator.config import EmulatorConfig  # noqa: E402
+from stripe_emulator.control import EmulatorControl  # noqa: E402
+
+EMULATOR_TEST_API_KEY = "sk_test_penny_emulator"
+EMULATOR_START_TIMEOUT_SECONDS = 10.0
+# Webhook retries and timeouts compressed so retry behaviour is observable within a test.
+EMULATOR_TEST_CONFIG = EmulatorConfig(
+    webhook_retry_schedule_seconds=(0.2, 0.4, 0.8),
+    webhook_timeout_seconds=2.0,
+    dispute_delay_seconds=0.2,
+    tick_interval_seconds=0.05,
+)
+
+
+@dataclass
+class RunningEmulator:
+    base_url: str
+    control: EmulatorControl
+    config: EmulatorConfig
+    app: Emulator
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.control.close()
+
+
+def start_emulator_in_thread(config: EmulatorConfig) -> RunningEmulator:
+    port = free_port()
+    application = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name=f"stripe-emulator-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + EMULATOR_START_TIMEOUT_SECONDS
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the Stripe emulator did not start")
+        time.sleep(0.01)
+    base_url = f"http://127.0.0.1:{port}"
+    return RunningEmulator(base_url, EmulatorControl(base_url), config, application, server, thread)
+
+
+@pytest.fixture(scope="session")
+def stripe_emulator() -> Iterator[RunningEmulator]:
+    running = start_emulator_in_thread(EMULATOR_TEST_CONFIG)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator_factory() -> Iterator[object]:
+    started: list[RunningEmulator] = []
+
+    def start(config: EmulatorConfig | None = None) -> RunningEmulator:
+        running = start_emulator_in_thread(config or EMULATOR_TEST_CONFIG)
+        started.append(running)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            running.stop()
+
+
+def emulator_stripe_client(base_url: str, timeout_seconds: float = 30.0) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        api_key=EMULATOR_TEST_API_KEY,
+        base_addresses={"api": base_url},
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout_seconds),
+    )
+
+
+@pytest.fixture
+def stripe_client(stripe_emulator: RunningEmulator) -> stripe.StripeClient:
+    return emulator_stripe_client(stripe_emulator.base_url)
+
+
+@pytest.fixture
+def emulator(stripe_emulator: RunningEmulator) -> Iterator[RunningEmulator]:
+    try:
+        yield stripe_emulator
+    finally:
+        stripe_emulator.control.clear_faults()
+        stripe_emulator.control.clear_webhook_faults()
+
+
+# ============================ end of Stripe emulator fixtures ============================

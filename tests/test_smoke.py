@@ -12,7 +12,6 @@ from temporalio.worker import Worker
 
 from activities.health import HealthActivities
 from penny.settings import Settings
-from worker import build_worker
 from workflows.health import HealthCheckInput, HealthCheckWorkflow
 from workflows.search_attributes import SEARCH_ATTRIBUTE_TYPES
 
@@ -57,6 +56,8 @@ async def test_penny_worker_runs_health_check_against_postgres(
     temporal_client: Client, engine: AsyncEngine, task_queue: str
 ) -> None:
     """The real worker wiring (worker.build_worker) completes a workflow that writes to Postgres."""
+    from worker import build_worker  # not at module level: this module defines a sandboxed workflow
+
     async with build_worker(temporal_client, engine, Settings(), task_queue=task_queue):
         result = await temporal_client.execute_workflow(
             HealthCheckWorkflow.run,

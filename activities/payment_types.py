@@ -1,0 +1,122 @@
+"""Inputs and outputs of the payment (state + ledger + outbox) activities.
+
+Pure dataclasses, importable by the workflow sandbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workflows.payment_models import ComputedSplit, SplitRecipientSpec
+
+TRANSITION_CONFLICT = "TransitionConflict"
+INVALID_PAYMENT_REQUEST = "InvalidPaymentRequest"
+
+
+@dataclass
+class PreparePaymentInput:
+    payment_id: str
+    workflow_id: str
+    order_id: str
+    amount: int
+    currency: str
+    customer: str
+    capture_method: str
+    recipients: list[SplitRecipientSpec] = field(default_factory=list)
+    platform_fee_bps: int = 0
+    tax_amount: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    request_fingerprint: str = ""
+    request_id: str = ""
+
+
+@dataclass
+class PreparePaymentResult:
+    split: ComputedSplit
+    created: bool
+
+
+@dataclass
+class RiskCheckInput:
+    payment_id: str
+    customer: str
+    amount: int
+    currency: str
+    payment_method: str
+
+
+@dataclass
+class RiskCheckResult:
+    outcome: str  # allow | review | block
+    reason: str
+
+
+@dataclass
+class LedgerAction:
+    """One ledger write of a transition, built into postings by the activity (ledger.chart).
+
+    kinds: authorization_hold, capture, release_hold, processing_fee, transfer, settlement.
+    """
+
+    kind: str
+    amount: int = 0
+    account_id: str = ""
+    reference: str = ""
+
+
+@dataclass
+class ReviewSpec:
+    kind: str
+    reason: str
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PaymentRowUpdate:
+    """Columns of the payments row a transition sets (None = unchanged)."""
+
+    amount_capturable: int | None = None
+    amount_captured: int | None = None
+    amount_refunded: int | None = None
+    stripe_payment_intent_id: str | None = None
+    stripe_charge_id: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+
+@dataclass
+class TransitionInput:
+    transition_id: str
+    payment_id: str
+    expected_status: str
+    to_status: str
+    event: str
+    actor: str = "workflow"
+    reason: str = ""
+    stripe_event_id: str | None = None
+    request_id: str | None = None
+    ledger: list[LedgerAction] = field(default_factory=list)
+    row: PaymentRowUpdate = field(default_factory=PaymentRowUpdate)
+    review: ReviewSpec | None = None
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TransitionResult:
+    applied: bool  # False when this transition id had already been applied (a retry)
+    status: str
+    ledger_entry_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RecordIgnoredInput:
+    """An event that changed nothing (stale, duplicate, refused), recorded with the reason."""
+
+    record_id: str
+    payment_id: str
+    status: str
+    event: str
+    reason: str
+    actor: str = "stripe-webhook"
+    stripe_event_id: str | None = None
+    details: dict[str, str] = field(default_factory=dict)

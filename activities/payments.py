@@ -1,0 +1,428 @@
+"""Payment state activities: each is ONE Postgres transaction.
+
+`apply_transition` is the only way a payment's status changes. In one transaction it:
+compare-and-sets the payments row (expected from-status → to-status), appends the audit row
+to payment_events, appends the ledger entries when money moved, appends the outbox row and,
+for NEEDS_REVIEW, the review item. It is idempotent by transition id: a retry after a commit
+whose acknowledgement was lost finds the audit row and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.payment_types import (
+    INVALID_PAYMENT_REQUEST,
+    TRANSITION_CONFLICT,
+    LedgerAction,
+    PreparePaymentInput,
+    PreparePaymentResult,
+    RecordIgnoredInput,
+    RiskCheckInput,
+    RiskCheckResult,
+    TransitionInput,
+    TransitionResult,
+)
+from ledger import chart
+from ledger import ledger as books
+from ledger.errors import LedgerError
+from ledger.money import CaptureSplit, SplitRecipient, compute_split, scale_split
+from workflows.payment_models import ComputedSplit, SplitPart
+
+# Risk limits (named; a payment over a limit is reviewed or blocked, never silently passed).
+RISK_REVIEW_AMOUNT_MINOR = 1_000_000  # above this (e.g. $10,000.00) a human looks first
+RISK_BLOCK_AMOUNT_MINOR = 10_000_000  # above this the payment is refused outright
+RISK_VELOCITY_WINDOW_SECONDS = 3600
+RISK_VELOCITY_MAX_PAYMENTS = 20  # per customer per window, before review
+
+
+def _split_to_ledger(split: ComputedSplit) -> CaptureSplit:
+    return CaptureSplit(
+        total=split.total,
+        currency=split.currency,
+        platform_fee=split.platform_fee,
+        tax=split.tax,
+        recipients=tuple((part.account_id, part.amount) for part in split.parts),
+    )
+
+
+def _split_from_json(payload: dict[str, Any]) -> ComputedSplit:
+    return ComputedSplit(
+        total=int(payload["total"]),
+        currency=str(payload["currency"]),
+        platform_fee=int(payload["platform_fee"]),
+        tax=int(payload["tax"]),
+        parts=[SplitPart(**part) for part in payload["parts"]],
+    )
+
+
+class PaymentActivities:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @activity.defn(name="prepare_payment")
+    async def prepare_payment(self, request: PreparePaymentInput) -> PreparePaymentResult:
+        """Compute the exact split once and create the payments row (idempotent by order id)."""
+        try:
+            ledger_split = compute_split(
+                request.amount,
+                request.currency,
+                platform_fee_bps=request.platform_fee_bps,
+                tax_amount=request.tax_amount,
+                recipients=[
+                    SplitRecipient(account_id=r.account_id, share_bps=r.share_bps, amount=r.amount)
+                    for r in request.recipients
+                ],
+            )
+        except LedgerError as error:
+            raise ApplicationError(
+                str(error), {"code": error.code, "param": error.param}, type=INVALID_PAYMENT_REQUEST, non_retryable=True
+            ) from error
+        roles = {r.account_id: r.role for r in request.recipients}
+        split = ComputedSplit(
+            total=ledger_split.total,
+            currency=ledger_split.currency,
+            platform_fee=ledger_split.platform_fee,
+            tax=ledger_split.tax,
+            parts=[
+                SplitPart(account_id=account, amount=amount, role=roles.get(account, "seller"))
+                for account, amount in ledger_split.recipients
+            ],
+        )
+        async with self._engine.begin() as connection:
+            inserted = (
+                await connection.execute(
+                    text(
+                        """
+                        INSERT INTO payments (id, order_id, workflow_id, status, amount, currency, customer,
+                                              capture_method, split, metadata, request_fingerprint)
+                        VALUES (:id, :order_id, :workflow_id, 'CREATED', :amount, :currency, :customer,
+                                :capture_method, CAST(:split AS jsonb), CAST(:metadata AS jsonb), :fingerprint)
+                        ON CONFLICT (order_id) DO NOTHING
+                        RETURNING id
+                        """
+                    ),
+                    {
+                        "id": request.payment_id,
+                        "order_id": request.order_id,
+                        "workflow_id": request.workflow_id,
+                        "amount": request.amount,
+                        "currency": request.currency,
+                        "customer": request.customer,
+                        "capture_method": request.capture_method,
+                        "split": json.dumps(asdict(split)),
+                        "metadata": json.dumps(request.metadata),
+                        "fingerprint": request.request_fingerprint,
+                    },
+                )
+            ).scalar_one_or_none()
+            if inserted is not None:
+                await self._append_event(
+                    connection,
+                    payment_id=request.payment_id,
+                    transition_id=f"{request.payment_id}:created",
+                    from_status=None,
+                    to_status="CREATED",
+                    event="created",
+                    actor="api" if request.request_id else "workflow",
+                    reason="payment created",
+                    request_id=request.request_id or None,
+                    details={"amount": request.amount, "currency": request.currency, "split": asdict(split)},
+                )
+                await self._append_outbox(connection, request.payment_id, "CREATED", f"{request.payment_id}:created")
+            else:
+                existing = (
+                    await connection.execute(
+                        text("SELECT id FROM payments WHERE order_id = :order_id"), {"order_id": request.order_id}
+                    )
+                ).scalar_one()
+                if existing != request.payment_id:
+                    raise ApplicationError(
+                        f"order {request.order_id} already belongs to payment {existing}",
+                        type=INVALID_PAYMENT_REQUEST,
+                        non_retryable=True,
+                    )
+        return PreparePaymentResult(split=split, created=inserted is not None)
+
+    @activity.defn(name="risk_check")
+    async def risk_check(self, request: RiskCheckInput) -> RiskCheckResult:
+        async with self._engine.connect() as connection:
+            blocked = (
+                await connection.execute(
+                    text(
+                        """
+                        SELECT kind, reason FROM risk_blocklist
+                        WHERE (kind = 'customer' AND value = :customer)
+                           OR (kind = 'payment_method' AND value = :payment_method)
+                        LIMIT 1
+                        """
+                    ),
+                    {"customer": request.customer, "payment_method": request.payment_method},
+                )
+            ).first()
+            if blocked is not None:
+                return RiskCheckResult("block", f"{blocked.kind} is blocklisted: {blocked.reason or 'no reason given'}")
+            if request.amount > RISK_BLOCK_AMOUNT_MINOR:
+                return RiskCheckResult("block", f"amount {request.amount} above RISK_BLOCK_AMOUNT_MINOR")
+            recent = (
+                await connection.execute(
+                    text(
+                        """
+                        SELECT count(*) FROM payments
+                        WHERE customer = :customer AND id <> :payment_id
+                          AND created_at > now() - make_interval(secs => :window)
+                        """
+                    ),
+                    {
+                        "customer": request.customer,
+                        "payment_id": request.payment_id,
+                        "window": RISK_VELOCITY_WINDOW_SECONDS,
+                    },
+                )
+            ).scalar_one()
+        if recent >= RISK_VELOCITY_MAX_PAYMENTS:
+            return RiskCheckResult("review", f"customer made {recent} payments in the last hour")
+        if request.amount > RISK_REVIEW_AMOUNT_MINOR:
+            return RiskCheckResult("review", f"amount {request.amount} above RISK_REVIEW_AMOUNT_MINOR")
+        return RiskCheckResult("allow", "within limits")
+
+    @activity.defn(name="apply_transition")
+    async def apply_transition(self, request: TransitionInput) -> TransitionResult:
+        async with self._engine.begin() as connection:
+            already = (
+                await connection.execute(
+                    text("SELECT to_status, ledger_entry_ids FROM payment_events WHERE transition_id = :id"),
+                    {"id": request.transition_id},
+                )
+            ).first()
+            if already is not None:
+                return TransitionResult(applied=False, status=already.to_status, ledger_entry_ids=list(already[1]))
+            row = request.row
+            updated = (
+                await connection.execute(
+                    text(
+                        """
+                        UPDATE payments SET
+                            status = :to_status,
+                            amount_capturable = COALESCE(:amount_capturable, amount_capturable),
+                            amount_captured = COALESCE(:amount_captured, amount_captured),
+                            amount_refunded = COALESCE(:amount_refunded, amount_refunded),
+                            stripe_payment_intent_id = COALESCE(:intent_id, stripe_payment_intent_id),
+                            stripe_charge_id = COALESCE(:charge_id, stripe_charge_id),
+                            failure_code = COALESCE(:failure_code, failure_code),
+                            failure_message = COALESCE(:failure_message, failure_message),
+                            version = version + 1,
+                            updated_at = now()
+                        WHERE id = :payment_id AND status = :expected_status
+                        RETURNING split, currency
+                        """
+                    ),
+                    {
+                        "to_status": request.to_status,
+                        "amount_capturable": row.amount_capturable,
+                        "amount_captured": row.amount_captured,
+                        "amount_refunded": row.amount_refunded,
+                        "intent_id": row.stripe_payment_intent_id,
+                        "charge_id": row.stripe_charge_id,
+                        "failure_code": row.failure_code,
+                        "failure_message": row.failure_message,
+                        "payment_id": request.payment_id,
+                        "expected_status": request.expected_status,
+                    },
+                )
+            ).first()
+            if updated is None:
+                current = (
+                    await connection.execute(
+                        text("SELECT status FROM payments WHERE id = :id"), {"id": request.payment_id}
+                    )
+                ).scalar_one_or_none()
+                raise ApplicationError(
+                    f"payment {request.payment_id} is {current}, expected {request.expected_status}",
+                    {"current": current, "expected": request.expected_status},
+                    type=TRANSITION_CONFLICT,
+                    non_retryable=True,
+                )
+            split = _split_from_json(updated.split)
+            entry_ids: list[int] = []
+            for action in request.ledger:
+                entry_ids.extend(await self._apply_ledger_action(connection, request.payment_id, split, action))
+            await self._append_event(
+                connection,
+                payment_id=request.payment_id,
+                transition_id=request.transition_id,
+                from_status=request.expected_status,
+                to_status=request.to_status,
+                event=request.event,
+                actor=request.actor,
+                reason=request.reason,
+                stripe_event_id=request.stripe_event_id,
+                request_id=request.request_id,
+                ledger_entry_ids=entry_ids,
+                details=request.details,
+            )
+            if request.review is not None:
+                await connection.execute(
+                    text(
+                        """
+                        INSERT INTO review_items (payment_id, dedupe_key, kind, reason, details)
+                        VALUES (:payment_id, :dedupe_key, :kind, :reason, CAST(:details AS jsonb))
+                        ON CONFLICT (dedupe_key) DO NOTHING
+                        """
+                    ),
+                    {
+                        "payment_id": request.payment_id,
+                        "dedupe_key": request.transition_id,
+                        "kind": request.review.kind,
+                        "reason": request.review.reason,
+                        "details": json.dumps(request.review.details),
+                    },
+                )
+            await self._append_outbox(connection, request.payment_id, request.to_status, request.transition_id)
+        return TransitionResult(applied=True, status=request.to_status, ledger_entry_ids=entry_ids)
+
+    @activity.defn(name="record_ignored_event")
+    async def record_ignored_event(self, request: RecordIgnoredInput) -> bool:
+        """Audit an event that changed nothing (stale or refused), with the reason. Idempotent."""
+        async with self._engine.begin() as connection:
+            inserted = (
+                await connection.execute(
+                    text(
+                        """
+                        INSERT INTO payment_events (payment_id, transition_id, from_status, to_status, event,
+                                                    actor, reason, stripe_event_id, details)
+                        VALUES (:payment_id, :transition_id, :status, :status, :event, :actor, :reason,
+                                :stripe_event_id, CAST(:details AS jsonb))
+                        ON CONFLICT (transition_id) DO NOTHING
+                        RETURNING id
+                        """
+                    ),
+                    {
+                        "payment_id": request.payment_id,
+                        "transition_id": request.record_id,
+                        "status": request.status,
+                        "event": f"ignored:{request.event}",
+                        "actor": request.actor,
+                        "reason": request.reason,
+                        "stripe_event_id": request.stripe_event_id,
+                        "details": json.dumps(request.details),
+                    },
+                )
+            ).scalar_one_or_none()
+        return inserted is not None
+
+    async def _apply_ledger_action(
+        self, connection: AsyncConnection, payment_id: str, split: ComputedSplit, action: LedgerAction
+    ) -> list[int]:
+        currency = split.currency
+        if action.kind == "authorization_hold":
+            draft = chart.authorization_hold(payment_id, action.amount, currency)
+            await books.open_accounts(connection, chart.accounts_for(draft))
+            return [(await books.post_pending(connection, draft)).id]
+        if action.kind == "capture":
+            entry_ids = []
+            captured = _split_to_ledger(split)
+            if action.amount != split.total:
+                captured = scale_split(captured, action.amount)
+            hold_id = await _pending_entry_id(connection, chart.authorization_hold(payment_id, 1, currency))
+            if hold_id is not None:
+                # Manual capture: post what was captured from the hold (the rest is released),
+                # then split it out of the payment's clearing account.
+                final = await books.post_pending_final(
+                    connection, hold_id, action.amount, chart.authorization_capture_key(payment_id)
+                )
+                entry_ids.append(final.id)
+            draft = chart.capture(payment_id, captured, after_hold=hold_id is not None)
+            await books.open_accounts(connection, chart.accounts_for(draft))
+            entry_ids.append((await books.post(connection, draft)).id)
+            return entry_ids
+        if action.kind == "release_hold":
+            hold_id = await _pending_entry_id(connection, chart.authorization_hold(payment_id, 1, currency))
+            if hold_id is None:
+                return []
+            return [(await books.void_pending(connection, hold_id, chart.authorization_void_key(payment_id))).id]
+        if action.kind == "processing_fee":
+            draft = chart.processing_fee(payment_id, action.amount, currency)
+        elif action.kind == "transfer":
+            draft = chart.transfer_to_connected_account(
+                payment_id, action.account_id, action.amount, currency, action.reference
+            )
+        elif action.kind == "settlement":
+            draft = chart.settlement(payment_id, action.amount, currency)
+        else:
+            raise ApplicationError(f"unknown ledger action {action.kind}", non_retryable=True)
+        await books.open_accounts(connection, chart.accounts_for(draft))
+        return [(await books.post(connection, draft)).id]
+
+    @staticmethod
+    async def _append_event(
+        connection: AsyncConnection,
+        *,
+        payment_id: str,
+        transition_id: str,
+        from_status: str | None,
+        to_status: str,
+        event: str,
+        actor: str,
+        reason: str,
+        stripe_event_id: str | None = None,
+        request_id: str | None = None,
+        ledger_entry_ids: list[int] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        await connection.execute(
+            text(
+                """
+                INSERT INTO payment_events (payment_id, transition_id, from_status, to_status, event, actor,
+                                            reason, stripe_event_id, request_id, ledger_entry_ids, details)
+                VALUES (:payment_id, :transition_id, :from_status, :to_status, :event, :actor, :reason,
+                        :stripe_event_id, :request_id, :ledger_entry_ids, CAST(:details AS jsonb))
+                """
+            ),
+            {
+                "payment_id": payment_id,
+                "transition_id": transition_id,
+                "from_status": from_status,
+                "to_status": to_status,
+                "event": event,
+                "actor": actor,
+                "reason": reason,
+                "stripe_event_id": stripe_event_id,
+                "request_id": request_id,
+                "ledger_entry_ids": ledger_entry_ids or [],
+                "details": json.dumps(details or {}),
+            },
+        )
+
+    @staticmethod
+    async def _append_outbox(connection: AsyncConnection, payment_id: str, status: str, dedupe_key: str) -> None:
+        await connection.execute(
+            text(
+                """
+                INSERT INTO outbox (topic, aggregate_id, dedupe_key, payload)
+                SELECT :topic, p.id, :dedupe_key,
+                       jsonb_build_object('payment_id', p.id, 'order_id', p.order_id, 'status', p.status,
+                                          'amount', p.amount, 'currency', p.currency,
+                                          'amount_captured', p.amount_captured, 'version', p.version)
+                FROM payments p WHERE p.id = :payment_id
+                ON CONFLICT (dedupe_key) DO NOTHING
+                """
+            ),
+            {"topic": f"payment.{status.lower()}", "dedupe_key": dedupe_key, "payment_id": payment_id},
+        )
+
+
+async def _pending_entry_id(connection: AsyncConnection, hold_draft: Any) -> int | None:
+    """The id of the payment's authorisation hold, found by its deterministic idempotency key."""
+    return (
+        await connection.execute(
+            text("SELECT id FROM ledger.entries WHERE idempotency_key = :key"), {"key": hold_draft.idempotency_key}
+        )
+    ).scalar_one_or_none()

@@ -1,0 +1,244 @@
+"""Stripe calls, made with the official `stripe` SDK (StripeClient, async methods).
+
+Rules (DESIGN.md "Processor calls and uncertainty"):
+- Every POST carries an idempotency key derived from the workflow id and the step, never
+  random: the same step retried sends the same key, so Stripe (or the emulator) replays the
+  first outcome instead of charging twice.
+- A card decline is a business outcome: raised as a non-retryable ApplicationError of type
+  `CardDeclined`, so the workflow fails the payment without retrying.
+- Timeouts, connection errors, 5xx and 429 are "outcome unknown": the activity raises an
+  ordinary (retryable) error and Temporal retries it with the same key. The retry cap is
+  set by the workflow (PaymentTimings) and ends far inside Stripe's 24 h idempotency window.
+- Other 4xx (a bad request we built, an idempotency mismatch) are non-retryable
+  `StripeRequestRefused`: retrying cannot help, a human must look (NEEDS_REVIEW).
+- The SDK's own network retries are off: Temporal owns retries, so each attempt is visible
+  in the workflow history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stripe
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.stripe_types import (
+    CARD_DECLINED,
+    STRIPE_REQUEST_REFUSED,
+    ChargeBalance,
+    ChargeBalanceInput,
+    CreateIntentInput,
+    FindIntentInput,
+    FindIntentResult,
+    IntentActionInput,
+    IntentSnapshot,
+    TransferInput,
+    TransferResult,
+)
+from penny.settings import Settings
+
+STRIPE_HTTP_TIMEOUT_SECONDS = 20.0
+SEARCH_RESULTS_MAX = 10
+
+
+def _plain(stripe_object: Any) -> dict[str, Any]:
+    """SDK objects are not dicts (v15+): convert before reading optional fields."""
+    if hasattr(stripe_object, "to_dict"):
+        return stripe_object.to_dict()  # type: ignore[no-any-return]
+    return dict(stripe_object)
+
+
+def snapshot(stripe_intent: Any) -> IntentSnapshot:
+    intent = _plain(stripe_intent)
+    next_action_url = None
+    next_action = intent.get("next_action")
+    if next_action:
+        redirect = next_action.get("redirect_to_url") or {}
+        next_action_url = redirect.get("url")
+    error = intent.get("last_payment_error") or {}
+    metadata = intent.get("metadata") or {}
+    latest_charge = intent.get("latest_charge")
+    if isinstance(latest_charge, dict):
+        latest_charge = latest_charge.get("id")
+    return IntentSnapshot(
+        id=intent["id"],
+        status=intent["status"],
+        amount=int(intent["amount"]),
+        amount_capturable=int(intent.get("amount_capturable") or 0),
+        amount_received=int(intent.get("amount_received") or 0),
+        currency=str(intent["currency"]).upper(),
+        latest_charge=latest_charge,
+        next_action_url=next_action_url,
+        failure_code=error.get("decline_code") or error.get("code"),
+        failure_message=error.get("message"),
+        order_id=metadata.get("order_id"),
+    )
+
+
+def _refused(error: stripe.StripeError, what: str) -> ApplicationError:
+    return ApplicationError(
+        f"Stripe refused {what}: {error.user_message or error}",
+        {"code": getattr(error, "code", None), "http_status": error.http_status},
+        type=STRIPE_REQUEST_REFUSED,
+        non_retryable=True,
+    )
+
+
+def _classify(error: stripe.StripeError, what: str) -> Exception:
+    """Map a Stripe SDK error to retryable (plain) or non-retryable (ApplicationError)."""
+    if isinstance(error, stripe.CardError):
+        return ApplicationError(
+            f"card declined: {error.user_message or error}",
+            {
+                "code": error.code,
+                "decline_code": getattr(error, "error", None) and error.error.decline_code,  # type: ignore[union-attr]
+                "message": error.user_message,
+            },
+            type=CARD_DECLINED,
+            non_retryable=True,
+        )
+    status = error.http_status or 0
+    if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError) or status >= 500 or status in (0, 409):
+        # 409 is Stripe's "idempotency key in use": the first attempt is still running.
+        return RuntimeError(f"Stripe {what} outcome unknown (HTTP {status}): {type(error).__name__}")
+    return _refused(error, what)
+
+
+class StripeActivities:
+    def __init__(self, settings: Settings) -> None:
+        self._client = stripe.StripeClient(
+            settings.stripe_api_key,
+            base_addresses={"api": settings.effective_stripe_api_base},
+            http_client=stripe.HTTPXClient(timeout=STRIPE_HTTP_TIMEOUT_SECONDS),
+            max_network_retries=0,
+        )
+
+    @activity.defn(name="stripe_create_payment_intent")
+    async def create_payment_intent(self, request: CreateIntentInput) -> IntentSnapshot:
+        params: dict[str, Any] = {
+            "amount": request.amount,
+            "currency": request.currency.lower(),
+            "payment_method": request.payment_method,
+            "confirm": True,
+            "capture_method": request.capture_method,
+            "metadata": {**request.metadata, "order_id": request.order_id, "payment_id": request.payment_id},
+            "payment_method_types": ["card"],
+        }
+        if request.description:
+            params["description"] = request.description
+        if request.transfer_group:
+            params["transfer_group"] = request.transfer_group
+        if request.destination_account:
+            params["transfer_data"] = {"destination": request.destination_account}
+            if request.application_fee_amount:
+                params["application_fee_amount"] = request.application_fee_amount
+        try:
+            intent = await self._client.v1.payment_intents.create_async(
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as error:
+            raise _classify(error, "payment intent create") from error
+        return snapshot(intent)
+
+    @activity.defn(name="stripe_retrieve_payment_intent")
+    async def retrieve_payment_intent(self, payment_intent_id: str) -> IntentSnapshot:
+        try:
+            intent = await self._client.v1.payment_intents.retrieve_async(payment_intent_id)
+        except stripe.StripeError as error:
+            raise _classify(error, "payment intent retrieve") from error
+        return snapshot(intent)
+
+    @activity.defn(name="stripe_find_payment_intent")
+    async def find_payment_intent(self, request: FindIntentInput) -> FindIntentResult:
+        """Look a PaymentIntent up by our order id in metadata (after an ambiguous outcome)."""
+        escaped = request.order_id.replace("'", "\\'")
+        try:
+            found = await self._client.v1.payment_intents.search_async(
+                {"query": f"metadata['order_id']:'{escaped}'", "limit": SEARCH_RESULTS_MAX}
+            )
+        except stripe.StripeError as error:
+            raise _classify(error, "payment intent search") from error
+        intents = list(found.data)
+        if not intents:
+            return FindIntentResult(found=False)
+        # Prefer an intent that moved money; several would be a double charge to surface.
+        intents.sort(key=lambda intent: (intent["status"] != "succeeded", intent["status"] != "requires_capture"))
+        return FindIntentResult(found=True, intent=snapshot(intents[0]), matches=len(intents))
+
+    @activity.defn(name="stripe_capture_payment_intent")
+    async def capture_payment_intent(self, request: IntentActionInput) -> IntentSnapshot:
+        params: dict[str, Any] = {}
+        if request.amount is not None:
+            params["amount_to_capture"] = request.amount
+        try:
+            intent = await self._client.v1.payment_intents.capture_async(
+                request.payment_intent_id,
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as error:
+            raise _classify(error, "payment intent capture") from error
+        return snapshot(intent)
+
+    @activity.defn(name="stripe_cancel_payment_intent")
+    async def cancel_payment_intent(self, request: IntentActionInput) -> IntentSnapshot:
+        params: dict[str, Any] = {}
+        if request.reason:
+            params["cancellation_reason"] = request.reason
+        try:
+            intent = await self._client.v1.payment_intents.cancel_async(
+                request.payment_intent_id,
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as error:
+            raise _classify(error, "payment intent cancel") from error
+        return snapshot(intent)
+
+    @activity.defn(name="stripe_create_transfer")
+    async def create_transfer(self, request: TransferInput) -> TransferResult:
+        params: dict[str, Any] = {
+            "amount": request.amount,
+            "currency": request.currency.lower(),
+            "destination": request.destination,
+            "transfer_group": request.transfer_group,
+            "metadata": {"order_id": request.order_id, "payment_id": request.payment_id},
+        }
+        if request.source_transaction:
+            params["source_transaction"] = request.source_transaction
+        try:
+            transfer = await self._client.v1.transfers.create_async(
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as error:
+            raise _classify(error, "transfer create") from error
+        return TransferResult(
+            transfer_id=transfer["id"], amount=int(transfer["amount"]), destination=request.destination
+        )
+
+    @activity.defn(name="stripe_charge_balance")
+    async def charge_balance(self, request: ChargeBalanceInput) -> ChargeBalance:
+        """The charge's balance transaction: Stripe's fee and whether the funds are available yet."""
+        try:
+            charge = await self._client.v1.charges.retrieve_async(
+                request.charge_id, {"expand": ["balance_transaction"]}
+            )
+        except stripe.StripeError as error:
+            raise _classify(error, "charge retrieve") from error
+        charge = _plain(charge)
+        transaction = charge.get("balance_transaction")
+        if isinstance(transaction, str):
+            transaction = _plain(await self._client.v1.balance_transactions.retrieve_async(transaction))
+        if not transaction:
+            return ChargeBalance(request.charge_id, None, 0, int(charge["amount"]), "pending")
+        return ChargeBalance(
+            charge_id=request.charge_id,
+            balance_transaction_id=transaction["id"],
+            fee=int(transaction.get("fee") or 0),
+            net=int(transaction.get("net") or 0),
+            status=str(transaction.get("status") or "pending"),
+            available_on=transaction.get("available_on"),
+        )

@@ -1,0 +1,96 @@
+"""Inputs and outputs of the Stripe activities: pure dataclasses the workflow may import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CARD_DECLINED = "CardDeclined"
+STRIPE_REQUEST_REFUSED = "StripeRequestRefused"
+
+
+@dataclass
+class CreateIntentInput:
+    idempotency_key: str
+    order_id: str
+    payment_id: str
+    amount: int
+    currency: str
+    customer: str
+    payment_method: str
+    capture_method: str
+    description: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    transfer_group: str | None = None
+    destination_account: str | None = None
+    application_fee_amount: int | None = None
+
+
+@dataclass
+class IntentSnapshot:
+    """What Penny needs to know about a PaymentIntent, as Stripe reported it."""
+
+    id: str
+    status: str
+    amount: int
+    amount_capturable: int
+    amount_received: int
+    currency: str
+    latest_charge: str | None = None
+    next_action_url: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    order_id: str | None = None
+
+
+@dataclass
+class FindIntentInput:
+    order_id: str
+
+
+@dataclass
+class FindIntentResult:
+    found: bool
+    intent: IntentSnapshot | None = None
+    matches: int = 0
+
+
+@dataclass
+class IntentActionInput:
+    payment_intent_id: str
+    idempotency_key: str
+    amount: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class TransferInput:
+    idempotency_key: str
+    payment_id: str
+    order_id: str
+    destination: str
+    amount: int
+    currency: str
+    transfer_group: str
+    source_transaction: str | None = None
+
+
+@dataclass
+class TransferResult:
+    transfer_id: str
+    amount: int
+    destination: str
+
+
+@dataclass
+class ChargeBalanceInput:
+    charge_id: str
+
+
+@dataclass
+class ChargeBalance:
+    charge_id: str
+    balance_transaction_id: str | None
+    fee: int
+    net: int
+    status: str  # pending | available
+    available_on: int | None = None

@@ -1,0 +1,175 @@
+"""Data passed into, out of and inside the PaymentWorkflow. Sandbox-safe dataclasses only.
+
+Every workflow, update and activity takes ONE dataclass, so fields can be added (with
+defaults) without breaking running workflows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+WORKFLOW_ID_PREFIX = "payment-"
+PAYMENT_WORKFLOW_NAME = "PaymentWorkflow"
+
+# Update / query / signal names (the API and the webhook intake use these).
+UPDATE_FIRST_MILESTONE = "first_milestone"
+UPDATE_CAPTURE = "capture"
+UPDATE_CANCEL = "cancel"
+UPDATE_RESOLVE_REVIEW = "resolve_review"
+QUERY_STATE = "state"
+SIGNAL_STRIPE_EVENT = "stripe_event"
+
+DAY_SECONDS = 24 * 3600
+
+
+def workflow_id_for_order(order_id: str) -> str:
+    return f"{WORKFLOW_ID_PREFIX}{order_id}"
+
+
+@dataclass
+class SplitRecipientSpec:
+    """One recipient of the buyer's money: a Stripe connected account and its share.
+
+    Exactly one of `share_bps` (basis points of what remains after fee and tax) or `amount`
+    (minor units) is set.
+    """
+
+    account_id: str
+    share_bps: int | None = None
+    amount: int | None = None
+    role: str = "seller"
+
+
+@dataclass
+class PaymentTimings:
+    """Every wait of a payment, named and bounded. Tests compress them; production keeps defaults."""
+
+    authorization_expiry_seconds: int = 7 * DAY_SECONDS
+    requires_action_timeout_seconds: int = DAY_SECONDS
+    processing_poll_interval_seconds: int = 60
+    processing_polls_max: int = 30
+    settlement_poll_interval_seconds: int = 6 * 3600
+    settlement_timeout_seconds: int = 10 * DAY_SECONDS
+    dispute_window_seconds: int = 120 * DAY_SECONDS
+    # Stripe calls retry with backoff up to this many attempts (and end well inside Stripe's
+    # 24 h idempotency window: see activities/stripe.py).
+    stripe_attempts_max: int = 8
+    stripe_initial_interval_seconds: float = 1.0
+    stripe_maximum_interval_seconds: float = 60.0
+    stripe_call_timeout_seconds: float = 30.0
+    uncertain_rounds_max: int = 3
+
+
+@dataclass
+class PaymentInput:
+    order_id: str
+    amount: int
+    currency: str
+    customer: str
+    payment_method: str
+    capture_method: str = "automatic"  # "automatic" or "manual"
+    recipients: list[SplitRecipientSpec] = field(default_factory=list)
+    platform_fee_bps: int = 0
+    tax_amount: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    request_fingerprint: str = ""
+    request_id: str = ""
+    description: str = ""
+    timings: PaymentTimings = field(default_factory=PaymentTimings)
+    # Set by continue-as-new: the state carried over from the previous run.
+    carried_state: PaymentState | None = None
+
+
+@dataclass
+class SplitPart:
+    account_id: str
+    amount: int
+    role: str = "seller"
+
+
+@dataclass
+class ComputedSplit:
+    """The exact split, computed once (ledger.money) and recorded in history."""
+
+    total: int
+    currency: str
+    platform_fee: int
+    tax: int
+    parts: list[SplitPart] = field(default_factory=list)
+
+
+@dataclass
+class TransferRecord:
+    account_id: str
+    amount: int
+    transfer_id: str | None = None
+    status: str = "pending"  # pending | succeeded | failed
+    attempts: int = 0
+    error: str = ""
+
+
+@dataclass
+class PaymentState:
+    """The one serialisable object that is the workflow's state (returned by the `state` query)."""
+
+    payment_id: str
+    order_id: str
+    status: str
+    amount: int
+    currency: str
+    customer: str
+    capture_method: str
+    amount_capturable: int = 0
+    amount_captured: int = 0
+    amount_refunded: int = 0
+    stripe_fee: int = 0
+    stripe_payment_intent_id: str | None = None
+    stripe_charge_id: str | None = None
+    stripe_status: str | None = None
+    split: ComputedSplit | None = None
+    transfers: list[TransferRecord] = field(default_factory=list)
+    failure_code: str | None = None
+    failure_message: str | None = None
+    next_action_url: str | None = None
+    review_reason: str | None = None
+    processed_event_ids: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)
+    transition_count: int = 0
+
+
+@dataclass
+class CaptureRequest:
+    amount: int | None = None
+    request_id: str = ""
+
+
+@dataclass
+class CancelRequest:
+    reason: str = "requested_by_customer"
+    request_id: str = ""
+
+
+@dataclass
+class ResolveReviewRequest:
+    """An operator's resolution of NEEDS_REVIEW: one of captured/authorized/failed/canceled/retry."""
+
+    resolution: str
+    note: str = ""
+    operator: str = ""
+
+
+@dataclass
+class StripeEventSignal:
+    """A Stripe webhook event as delivered to the workflow (the webhook intake builds it)."""
+
+    event_id: str
+    type: str
+    created: int
+    object_id: str
+    object_type: str
+    status: str | None = None
+    amount: int | None = None
+    amount_received: int | None = None
+    amount_capturable: int | None = None
+    amount_refunded: int | None = None
+    data: dict[str, str] = field(default_factory=dict)
