@@ -33,6 +33,7 @@ logger = logging.getLogger("penny.worker")
 # Bounded concurrency per worker process (TIGER_STYLE: a limit on everything).
 MAX_CONCURRENT_ACTIVITIES = 200
 MAX_CONCURRENT_WORKFLOW_TASKS = 200
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
 
 
 # Pure, deterministic modules shared by workflows: imported once and passed through the
@@ -103,11 +104,16 @@ async def run_worker(settings: Settings) -> None:
         settings.effective_temporal_address,
         settings.temporal_namespace,
     )
-    async with worker:
-        # One relay per task queue re-delivers stored-but-undelivered webhook events.
-        await start_webhook_relay(client, settings.temporal_task_queue)
-        await stop.wait()
-        logger.info("worker stopping: finishing in-flight tasks")
+    running = asyncio.create_task(worker.run())
+    # One relay per task queue re-delivers stored-but-undelivered webhook events.
+    await start_webhook_relay(client, settings.temporal_task_queue)
+    await asyncio.wait([running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    logger.info("worker stopping: finishing in-flight tasks (at most %ss)", SHUTDOWN_TIMEOUT_SECONDS)
+    try:
+        # Bounded: with Temporal unreachable a graceful shutdown could wait forever.
+        await asyncio.wait_for(worker.shutdown(), timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    except TimeoutError:
+        logger.warning("worker shutdown timed out; exiting anyway (activities will be retried)")
     await engine.dispose()
 
 

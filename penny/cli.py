@@ -7,6 +7,7 @@ penny worker          run the Temporal worker (same as `python worker.py`)
 penny emulator        run the Stripe emulator
 penny migrate         bring the database schema to head
 penny config          print every setting, its environment variable, default and value
+penny keys create --role merchant|ops [--name NAME]   print a new API key (shown once)
 """
 
 from __future__ import annotations
@@ -156,6 +157,28 @@ def command_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_keys_create(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from penny.db import create_engine
+    from penny.keys import create_api_key
+
+    settings = _load_settings()
+
+    async def _create() -> str:
+        engine = create_engine(settings.effective_database_url, pool_size=1)
+        try:
+            async with engine.begin() as connection:
+                return await create_api_key(connection, args.role, args.name, pepper=settings.api_key_pepper)
+        finally:
+            await engine.dispose()
+
+    key = asyncio.run(_create())
+    print(key)
+    print(f"A {args.role} key named {args.name!r}. It is shown only now: store it safely.", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="penny", description="Penny payment orchestrator")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.set_defaults(handler=command_emulator)
 
     commands.add_parser("migrate", help="migrate the database to head").set_defaults(handler=command_migrate)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    keys_create = keys.add_parser("create", help="create an API key and print it once")
+    keys_create.add_argument("--role", choices=["merchant", "ops"], required=True)
+    keys_create.add_argument("--name", default="cli", help="a label for the key")
+    keys_create.set_defaults(handler=command_keys_create)
 
     config = commands.add_parser("config", help="print the configuration table")
     config.add_argument("--values", action="store_true", help="include the current values")

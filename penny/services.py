@@ -7,6 +7,7 @@ a developer runs.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -18,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from workflows.search_attributes import SEARCH_ATTRIBUTE_TYPES
 
@@ -74,6 +76,27 @@ def wait_for_port(host: str, port: int, timeout_seconds: float) -> bool:
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def _load_prctl() -> Any:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up in the parent: a preexec_fn must not import or load anything after fork.
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn for children: the kernel sends SIGTERM when the parent dies (Linux), so a
+    `penny dev` killed with SIGKILL leaves no orphan services behind."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_process(process: subprocess.Popen[bytes], stop_signal: int = signal.SIGTERM) -> None:
@@ -197,6 +220,7 @@ class EmbeddedPostgres:
             stdout=log_target,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
             **run_as,  # type: ignore[arg-type]
         )
         if not self._wait_ready(timeout_seconds):

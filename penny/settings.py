@@ -81,12 +81,79 @@ class Settings(BaseSettings):
         validation_alias=_aliases("STRIPE_WEBHOOK_SECRETS"),
         description="Comma-separated whsec_ secrets accepted on /webhooks/stripe (several during a rotation).",
     )
+    webhook_signal_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Longest /webhooks/stripe (and the relay) waits for Temporal to accept one event's signal; "
+        "past it the API answers 503 so Stripe retries, and the stored event waits for the relay.",
+    )
+    webhook_relay_interval_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often the webhook relay (a workflow the worker starts) looks for stored, undelivered events.",
+    )
+    webhook_relay_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="A freshly stored webhook event is left to the API's own delivery for this long before the "
+        "relay may deliver it.",
+    )
+    webhook_relay_batch_size: int = Field(
+        100, ge=1, le=1000, description="Most stored webhook events the relay delivers per round."
+    )
+    webhook_relay_attempts_max: int = Field(
+        12,
+        ge=1,
+        le=100,
+        description="Delivery attempts of one webhook event before the relay gives up on it (status `failed`) "
+        "and opens a review item.",
+    )
+    webhook_relay_backoff_initial_seconds: float = Field(
+        2.0, gt=0, le=3600, description="Wait before the first re-delivery of a webhook event; doubles per attempt."
+    )
+    webhook_relay_backoff_max_seconds: float = Field(
+        300.0, gt=0, le=86400, description="Longest wait between re-deliveries of one webhook event."
+    )
     emulator_port: int = Field(12111, description="Port of the Stripe emulator.")
 
     api_port: int = Field(8000, description="Port of the Penny API.")
     api_key_pepper: str = Field(
         PLACEHOLDER_API_KEY_PEPPER,
         description="Secret mixed into stored API key hashes.",
+    )
+
+    idempotency_window_seconds: int = Field(
+        86400,
+        ge=60,
+        description="How long an Idempotency-Key and its stored response are kept (replayed); then swept.",
+    )
+    idempotency_lock_timeout_seconds: int = Field(
+        60,
+        ge=5,
+        description="An in-flight Idempotency-Key whose request has held it this long is taken over by a retry "
+        "(crash recovery). Must exceed PENNY_FIRST_MILESTONE_WAIT_SECONDS.",
+    )
+    first_milestone_wait_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="Longest POST /v1/payments waits for the payment's first milestone before answering `processing`.",
+    )
+    max_amount_minor: int = Field(
+        99_999_999,
+        ge=1,
+        description="Largest payment amount accepted by the API, in minor units of the currency.",
+    )
+    supported_currencies: str = Field(
+        "USD,EUR,GBP,CAD,AUD,CHF,SEK,NOK,DKK,JPY",
+        description="Comma-separated ISO 4217 codes the API accepts.",
+    )
+    max_body_bytes: int = Field(
+        65536,
+        ge=1024,
+        description="Largest request body the API reads; bigger bodies get 413.",
     )
 
     @field_validator("data_dir")
@@ -110,6 +177,19 @@ class Settings(BaseSettings):
                 f"PENNY_ENV={self.env} refuses placeholder secrets; set real values for: {', '.join(placeholders)}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _lock_outlives_first_milestone_wait(self) -> Settings:
+        if self.idempotency_lock_timeout_seconds <= self.first_milestone_wait_seconds:
+            raise ValueError(
+                "PENNY_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS must exceed PENNY_FIRST_MILESTONE_WAIT_SECONDS, "
+                "or a slow request's key would be taken over while it still runs"
+            )
+        return self
+
+    @property
+    def currencies(self) -> frozenset[str]:
+        return frozenset(code.strip().upper() for code in self.supported_currencies.split(",") if code.strip())
 
     @property
     def webhook_secrets(self) -> list[str]:

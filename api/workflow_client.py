@@ -1,0 +1,160 @@
+"""The API's calls into Temporal: start-and-wait (update-with-start), capture, cancel, and
+reading which request started an order's workflow. Temporal failures become `ApiError`s:
+refusals by the workflow (its update validators) are 4xx, anything else 503 (retryable)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api import metrics
+from api.errors import ApiError, invalid_request, service_unavailable
+from penny.settings import Settings
+from workflows.payment_models import (
+    PAYMENT_WORKFLOW_NAME,
+    QUERY_STATE,
+    UPDATE_CANCEL,
+    UPDATE_CAPTURE,
+    UPDATE_FIRST_MILESTONE,
+    CancelRequest,
+    CaptureRequest,
+    PaymentInput,
+    PaymentState,
+    workflow_id_for_order,
+)
+
+logger = logging.getLogger("penny.api.temporal")
+
+# The workflow bounds its own wait (first_milestone's max_wait_seconds); our RPC waits a
+# little longer so the workflow's answer, not our timeout, normally ends the wait.
+FIRST_MILESTONE_RPC_MARGIN_SECONDS = 5.0
+QUERY_TIMEOUT_SECONDS = 5.0
+UPDATE_TIMEOUT_SECONDS = 60.0  # a capture or cancel calls Stripe with bounded retries
+HISTORY_READ_TIMEOUT_SECONDS = 5.0
+
+
+class OrderClosed(Exception):
+    """The order's workflow has completed; the reuse policy refuses a second one."""
+
+
+def _refusal(error: WorkflowUpdateFailedError) -> ApiError:
+    cause = error.cause
+    while cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.cause
+    if isinstance(cause, ApplicationError):
+        if cause.type == "InvalidTransition":
+            metrics.CONFLICTS.labels("payment_state_conflict").inc()
+            return invalid_request("payment_state_conflict", cause.message, status_code=409)
+        if cause.type == "InvalidAmount":
+            return invalid_request("amount_too_large", cause.message, "amount")
+        if cause.type in ("InvalidRequest", "NotReady"):
+            return invalid_request(
+                "parameter_invalid", cause.message, status_code=409 if cause.type == "NotReady" else 400
+            )
+    logger.error("payment update failed: %s", error)
+    return ApiError(500, "api_error", "payment_update_failed", "The payment could not process the request.")
+
+
+def _unavailable(error: BaseException) -> ApiError:
+    logger.warning("Temporal call failed: %s: %s", type(error).__name__, error)
+    return service_unavailable("The payment engine")
+
+
+async def start_payment(client: Client, settings: Settings, payment: PaymentInput) -> PaymentState:
+    """Start the order's workflow (or attach to the running one) and wait for its first milestone.
+
+    Idempotent by workflow id: a retry, a concurrent duplicate or a different key for the
+    same order all reach the same workflow (USE_EXISTING) and get its state.
+    """
+    workflow_id = workflow_id_for_order(payment.order_id)
+    operation = WithStartWorkflowOperation(
+        PAYMENT_WORKFLOW_NAME,
+        payment,
+        id=workflow_id,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        task_queue=settings.temporal_task_queue,
+        result_type=PaymentState,
+    )
+    wait_seconds = max(1, int(settings.first_milestone_wait_seconds))
+    try:
+        async with asyncio.timeout(wait_seconds + FIRST_MILESTONE_RPC_MARGIN_SECONDS):
+            state: PaymentState = await client.execute_update_with_start_workflow(
+                UPDATE_FIRST_MILESTONE, wait_seconds, start_workflow_operation=operation, result_type=PaymentState
+            )
+            return state
+    except WorkflowAlreadyStartedError:
+        raise OrderClosed from None
+    except WorkflowUpdateFailedError as error:
+        raise _refusal(error) from None
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        # Still waiting: answer with the current state if the workflow exists.
+        return await query_state(client, workflow_id)
+    except RPCError as error:
+        raise _unavailable(error) from None
+
+
+async def query_state(client: Client, workflow_id: str) -> PaymentState:
+    try:
+        async with asyncio.timeout(QUERY_TIMEOUT_SECONDS):
+            state: PaymentState | None = await client.get_workflow_handle(workflow_id).query(
+                QUERY_STATE, result_type=PaymentState
+            )
+    except (TimeoutError, RPCError) as error:
+        raise _unavailable(error) from None
+    if state is None:
+        raise _unavailable(RuntimeError(f"{workflow_id} has no state yet"))
+    return state
+
+
+async def _update(client: Client, workflow_id: str, name: str, argument: Any) -> PaymentState:
+    try:
+        async with asyncio.timeout(UPDATE_TIMEOUT_SECONDS):
+            state: PaymentState = await client.get_workflow_handle(workflow_id).execute_update(
+                name, argument, result_type=PaymentState
+            )
+            return state
+    except WorkflowUpdateFailedError as error:
+        raise _refusal(error) from None
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            metrics.CONFLICTS.labels("payment_state_conflict").inc()
+            raise invalid_request(
+                "payment_state_conflict", "The payment is closed and accepts no more changes.", status_code=409
+            ) from None
+        raise _unavailable(error) from None
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
+        raise _unavailable(error) from None
+
+
+async def capture_payment(client: Client, workflow_id: str, request: CaptureRequest) -> PaymentState:
+    return await _update(client, workflow_id, UPDATE_CAPTURE, request)
+
+
+async def cancel_payment(client: Client, workflow_id: str, request: CancelRequest) -> PaymentState:
+    return await _update(client, workflow_id, UPDATE_CANCEL, request)
+
+
+async def started_with_fingerprint(client: Client, workflow_id: str) -> str | None:
+    """The request fingerprint the order's workflow was started with (its first history event)."""
+    try:
+        async with asyncio.timeout(HISTORY_READ_TIMEOUT_SECONDS):
+            async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+                attributes = event.workflow_execution_started_event_attributes
+                decoded = await client.data_converter.decode(attributes.input.payloads, [PaymentInput])
+                started: PaymentInput = decoded[0]
+                return started.request_fingerprint
+    except (TimeoutError, RPCError) as error:
+        raise _unavailable(error) from None
+    return None

@@ -1,0 +1,66 @@
+"""Shared helpers for the API tests (no tests here): an in-process app with its lifespan, an
+httpx client over ASGI, API keys, and request bodies."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+
+from api.app import create_app
+from penny.keys import create_api_key
+from penny.settings import Settings
+from workflows.payment_models import PaymentTimings
+
+PAN_VISA = "4242424242424242"
+PAN_FORMS = ("4242424242424242", "4242 4242 4242 4242", "4242-4242-4242-4242", "4000056655665556", "378282246310005")
+
+
+@asynccontextmanager
+async def api_client(
+    settings: Settings, temporal_client: Client | None = None, payment_timings: PaymentTimings | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, temporal_client=temporal_client, payment_timings=payment_timings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            yield client
+
+
+async def new_key(engine: AsyncEngine, settings: Settings, role: str = "merchant") -> str:
+    async with engine.begin() as connection:
+        return await create_api_key(connection, role, f"test {role}", pepper=settings.api_key_pepper)
+
+
+def auth(key: str, idempotency_key: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    return headers
+
+
+def payment_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "order_id": f"order_{uuid.uuid4().hex[:12]}",
+        "amount": 10000,
+        "currency": "usd",
+        "customer": f"cus_{uuid.uuid4().hex[:10]}",
+        "payment_method": "pm_card_visa",
+        "splits": [{"account_id": f"acct_{uuid.uuid4().hex[:10]}", "share_bps": 10000}],
+        "platform_fee": 1000,
+        "metadata": {"cart": "c_1"},
+    }
+    body.update(overrides)
+    return body
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    payload = response.json()
+    assert set(payload) == {"error"}, payload
+    assert set(payload["error"]) == {"type", "code", "message", "param"}, payload
+    return payload["error"]  # type: ignore[no-any-return]
