@@ -67,3 +67,19 @@ async def test_fresh_manual_capture_replays(payment_stack: PaymentStack) -> None
     await settle(payment_stack, handle)
     await asyncio.sleep(0)
     await _replay_and_maybe_record(payment_stack, handle.id, "manual_partial_capture_settled")
+
+
+async def test_fresh_declined_payment_replays(payment_stack: PaymentStack) -> None:
+    payment = new_order(payment_method="pm_card_chargeDeclined")
+    _state, handle = await start(payment_stack, payment)
+    await asyncio.wait_for(handle.result(), 60)
+    await _replay_and_maybe_record(payment_stack, handle.id, "declined")
+
+
+async def test_fresh_uncertain_create_replays(payment_stack: PaymentStack) -> None:
+    """A 500 after commit: PROCESSING, lookup by order id, CAPTURED."""
+    payment_stack.emulator.control.add_fault("POST", "/v1/payment_intents", "error_500_after", count=1)
+    payment = new_order()
+    _state, handle = await start(payment_stack, payment)
+    await settle(payment_stack, handle)
+    await _replay_and_maybe_record(payment_stack, handle.id, "uncertain_create_found_by_lookup")

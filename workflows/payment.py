@@ -81,8 +81,11 @@ E = PaymentEvent
 ResultT = TypeVar("ResultT")
 
 DATABASE_ACTIVITY_TIMEOUT = timedelta(seconds=30)
-# Database activities retry until the database is back (bounded interval, unbounded attempts):
-# a transition that cannot be written must not be dropped.
+# Database activities (prepare, risk check, transitions) run as LOCAL activities: each is one
+# short Postgres transaction, idempotent by its key (order id, transition id), so a retry
+# after a worker crash is safe, and skipping the task-queue round trip roughly halves the
+# Temporal work per payment (bench/payments.py). They retry until the database is back
+# (bounded interval, unbounded attempts): a transition that cannot be written is never dropped.
 DATABASE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30))
 FIRST_MILESTONE_WAIT_SECONDS_DEFAULT = 20
 PROCESSED_EVENT_IDS_MAX = 500
@@ -90,6 +93,15 @@ HISTORY_LINES_MAX = 200
 TRANSFER_ROUNDS_MAX = 3
 
 PRE_CAPTURE = frozenset({S.CREATED, S.REQUIRES_PAYMENT_METHOD, S.REQUIRES_ACTION, S.PROCESSING})
+# What a PaymentIntent status in an event claims (for recognising stale events cheaply).
+INTENT_STATUS_EVENTS: dict[str, PaymentEvent] = {
+    "succeeded": E.CAPTURED,
+    "requires_capture": E.AUTHORIZED,
+    "requires_action": E.ACTION_REQUIRED,
+    "processing": E.PROCESSING,
+    "requires_payment_method": E.PAYMENT_METHOD_REQUIRED,
+    "canceled": E.CANCELED,
+}
 
 
 def stripe_retry(timings: PaymentTimings) -> RetryPolicy:
@@ -220,7 +232,7 @@ class PaymentWorkflow:
         )
         self._upsert_search_attributes()
         try:
-            prepared: PreparePaymentResult = await workflow.execute_activity(
+            prepared: PreparePaymentResult = await workflow.execute_local_activity(
                 "prepare_payment",
                 PreparePaymentInput(
                     payment_id=payment_id,
@@ -253,7 +265,7 @@ class PaymentWorkflow:
         self._state.split = prepared.split
 
         async with self._lock:
-            risk: RiskCheckResult = await workflow.execute_activity(
+            risk: RiskCheckResult = await workflow.execute_local_activity(
                 "risk_check",
                 RiskCheckInput(
                     payment_id=payment_id,
@@ -359,6 +371,9 @@ class PaymentWorkflow:
 
     async def _continue_as_new(self) -> None:
         await workflow.wait_condition(workflow.all_handlers_finished)
+        # Queued Stripe events are not carried over: handle them first, or they would be lost
+        # (the webhook inbox has already marked them delivered).
+        await self._drain_events()
         request = self._require_input()
         workflow.continue_as_new(replace(request, carried_state=self._state))
 
@@ -624,27 +639,32 @@ class PaymentWorkflow:
         state = self._require_state()
         if state.split is None or any(record.status == "succeeded" for record in state.transfers):
             return
+        fee_booking: list[LedgerAction] = []
         if state.stripe_charge_id:
             balance = await self._stripe(
                 "stripe_charge_balance", ChargeBalanceInput(state.stripe_charge_id), ChargeBalance
             )
             state.stripe_fee = balance.fee
             if balance.fee:
-                await self._book(
-                    "processing_fee", [LedgerAction("processing_fee", amount=balance.fee)], f"Stripe fee {balance.fee}"
-                )
-        captured_split = state.split
-        destination_charge = state.capture_method == "automatic" and len(captured_split.parts) == 1
+                fee_booking = [LedgerAction("processing_fee", amount=balance.fee)]
         parts = self._captured_parts()
+        destination_charge = state.capture_method == "automatic" and len(state.split.parts) == 1
         if destination_charge:
-            part = parts[0]
-            state.transfers = [TransferRecord(part[0], part[1], "destination_charge", "succeeded", 1)]
+            # Stripe moved the seller's money with the charge itself: fee and transfer are
+            # booked together, in one transaction.
+            account, amount = parts[0]
+            state.transfers = [TransferRecord(account, amount, "destination_charge", "succeeded", 1)]
             await self._book(
-                "transfer",
-                [LedgerAction("transfer", amount=part[1], account_id=part[0], reference="destination_charge")],
-                f"destination charge pays {part[0]} {part[1]}",
+                "disbursement",
+                [
+                    *fee_booking,
+                    LedgerAction("transfer", amount=amount, account_id=account, reference="destination_charge"),
+                ],
+                f"Stripe fee {state.stripe_fee}; destination charge pays {account} {amount}",
             )
             return
+        if fee_booking:
+            await self._book("processing_fee", fee_booking, f"Stripe fee {state.stripe_fee}")
         state.transfers = [TransferRecord(account, amount) for account, amount in parts if amount > 0]
         for _ in range(TRANSFER_ROUNDS_MAX):
             for record in state.transfers:
@@ -714,11 +734,14 @@ class PaymentWorkflow:
         """Wait until Stripe makes the funds available (webhook hint or poll), then SETTLED."""
         timings = self._timings()
         deadline = workflow.now() + timedelta(seconds=timings.settlement_timeout_seconds)
+        polled = False
         while workflow.now() < deadline:
             state = self._require_state()
             if S(state.status) is not S.CAPTURED:
                 return
-            if state.stripe_charge_id:
+            # Funds are never available right after the capture: wait (or a webhook hint) first.
+            if state.stripe_charge_id and polled:
+                self._settlement_hint = False  # consumed by this poll
                 async with self._lock:
                     balance = await self._stripe(
                         "stripe_charge_balance", ChargeBalanceInput(state.stripe_charge_id), ChargeBalance
@@ -734,7 +757,7 @@ class PaymentWorkflow:
                             ledger=[LedgerAction("settlement", amount=net)] if net > 0 else [],
                         )
                         return
-            self._settlement_hint = False
+            polled = True
             try:
                 await workflow.wait_condition(
                     lambda: self._settlement_hint or bool(self._events),
@@ -750,11 +773,13 @@ class PaymentWorkflow:
     async def _drain_events(self) -> None:
         while self._events:
             event = self._events.pop(0)
-            async with self._lock:
-                await self._handle_event(event)
+            # Marked before handling: a duplicate signal arriving while this one is handled (its
+            # activities run) would otherwise be queued and handled a second time.
             state = self._require_state()
             state.processed_event_ids.append(event.event_id)
             del state.processed_event_ids[:-PROCESSED_EVENT_IDS_MAX]
+            async with self._lock:
+                await self._handle_event(event)
 
     async def _handle_event(self, event: StripeEventSignal) -> None:
         state = self._require_state()
@@ -763,9 +788,20 @@ class PaymentWorkflow:
             if event.object_id != state.stripe_payment_intent_id and state.stripe_payment_intent_id is not None:
                 await self._ignore(event, f"event for another PaymentIntent {event.object_id}")
                 return
+            current = S(state.status)
+            claimed = INTENT_STATUS_EVENTS.get(event.status or "")
+            if (
+                claimed is not None
+                and current not in PRE_CAPTURE
+                and current not in (S.NEEDS_REVIEW, S.FAILED, S.CANCELED)
+                and not decide(current, claimed, from_processor=True).allowed
+            ):
+                # Even if Stripe's truth were further along, this event cannot move the payment:
+                # no need to ask Stripe (FAILED/CANCELED still ask, to catch contradictions).
+                await self._ignore(event, f"stale: payment already {current} (event says {event.status})")
+                return
             # The event's object may be stale: re-retrieve the PaymentIntent before acting.
             intent = await self._stripe("stripe_retrieve_payment_intent", event.object_id, IntentSnapshot)
-            current = S(state.status)
             if current in (S.FAILED, S.CANCELED) and intent.status in ("succeeded", "requires_capture"):
                 await self._review(
                     "contradiction",
@@ -805,7 +841,7 @@ class PaymentWorkflow:
     async def _ignore(self, event: StripeEventSignal, reason: str) -> None:
         state = self._require_state()
         self._note(f"ignored {event.type} ({event.event_id}): {reason}")
-        await workflow.execute_activity(
+        await workflow.execute_local_activity(
             "record_ignored_event",
             RecordIgnoredInput(
                 record_id=f"{state.payment_id}:ignored:{event.event_id}",
@@ -837,9 +873,10 @@ class PaymentWorkflow:
         state = self._require_state()
         decision = decide(state.status, event, from_processor=from_processor)
         if not decision.allowed or decision.to_status is None:
-            self._note(f"refused {event}: {decision.reason}")
+            if not from_processor:  # processor events that change nothing are recorded as ignored by the caller
+                self._note(f"refused {event}: {decision.reason}")
             return False
-        result: TransitionResult = await workflow.execute_activity(
+        result: TransitionResult = await workflow.execute_local_activity(
             "apply_transition",
             TransitionInput(
                 transition_id=f"{state.payment_id}:{state.transition_count + 1}:{event}",
@@ -870,7 +907,7 @@ class PaymentWorkflow:
     async def _book(self, step: str, ledger: list[LedgerAction], reason: str) -> None:
         """A ledger write that does not change the status (fee, transfer): same atomic activity."""
         state = self._require_state()
-        await workflow.execute_activity(
+        await workflow.execute_local_activity(
             "apply_transition",
             TransitionInput(
                 transition_id=f"{state.payment_id}:book:{step}",
