@@ -105,8 +105,12 @@ def _print_payment(title: str, state: PaymentState) -> None:
         )
     if state.failure_code:
         print(f"    failure: {state.failure_code} ({state.failure_message})")
+    ignored = [line for line in state.history if " ignored " in line]
     for line in state.history:
-        print(f"      {line}")
+        if " ignored " not in line:
+            print(f"      {line}")
+    if ignored:
+        print(f"      (+ {len(ignored)} webhook events that changed nothing, recorded as ignored with the reason)")
 
 
 async def _print_ledger(settings: Settings, account_codes: set[str]) -> None:
@@ -158,6 +162,7 @@ async def run_demo(settings: Settings) -> None:
 
     run = uuid.uuid4().hex[:6]
     seller, driver = f"acct_demo_seller_{run}", f"acct_demo_driver_{run}"
+    await _api_tour(settings, run, seller)
 
     def order(name: str, **fields: Any) -> PaymentInput:
         base = PaymentInput(
@@ -220,6 +225,37 @@ async def run_demo(settings: Settings) -> None:
     )
     print(f"\n  Find them in the Temporal UI: http://{settings.host}:{settings.temporal_ui_port} (OrderId STARTS_WITH)")
     print("=== demo complete ===\n")
+
+
+async def _api_tour(settings: Settings, run: str, seller: str) -> None:
+    """POST /v1/payments with an Idempotency-Key, its retry, and a request carrying a card number."""
+    key_file = settings.data_dir / "dev_api_key"
+    if not key_file.exists():
+        print("  (no development API key in the data directory: skipping the API tour)")
+        return
+    headers = {"Authorization": f"Bearer {key_file.read_text().strip()}", "Idempotency-Key": f"demo-{run}-api"}
+    body = {
+        "order_id": f"demo-{run}-api",
+        "amount": 9999,
+        "currency": "usd",
+        "customer": f"cus_demo_{run}",
+        "payment_method": "pm_card_visa",
+        "splits": [{"account_id": seller, "share_bps": 10000}],
+        "platform_fee": 1000,
+    }
+    async with httpx.AsyncClient(base_url=api_url(settings), timeout=60.0) as http:
+        first = await http.post("/v1/payments", json=body, headers=headers)
+        again = await http.post("/v1/payments", json=body, headers=headers)
+        card = {**body, "order_id": f"demo-{run}-card", "metadata": {"note": "4242 4242 4242 4242"}}
+        refused = await http.post("/v1/payments", json=card, headers={**headers, "Idempotency-Key": f"demo-{run}-c"})
+    payment = first.json()
+    print("\n  0. Through the API (POST /v1/payments with an Idempotency-Key)")
+    print(f"    {first.status_code}: payment {payment.get('id')} {payment.get('status')}")
+    print(
+        f"    retry with the same key: {again.status_code}, Idempotent-Replayed: "
+        f"{again.headers.get('Idempotent-Replayed')}, same payment: {again.json().get('id') == payment.get('id')}"
+    )
+    print(f"    a card number in metadata: {refused.status_code} {refused.json()['error']['code']}")
 
 
 def run_demo_sync(settings: Settings) -> None:
