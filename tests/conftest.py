@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -29,6 +31,12 @@ from penny.services import EmbeddedPostgres, free_port, temporal_binary
 from workflows.search_attributes import ALL_SEARCH_ATTRIBUTES
 
 pytest_plugins = ["tests.payment_fixtures"]
+
+# CI runs property tests derandomized (the same examples every run), so a landing never hangs
+# on a chance example; locally they explore new examples each run.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 TEMPLATE_DATABASE = "penny_template"
 _database_numbers = itertools.count(1)

@@ -128,3 +128,17 @@ def test_lock_timeout_must_outlive_the_first_milestone_wait() -> None:
     with pytest.raises(ValidationError):
         Settings(env="test", idempotency_lock_timeout_seconds=10, first_milestone_wait_seconds=20)
     assert Settings(env="test").currencies >= {"USD", "EUR"}
+
+
+def test_processor_bodies_are_not_screened_but_merchant_bodies_are() -> None:
+    """Stripe's signed webhook bodies carry card fields and many digits, never a PAN; refusing one
+    would make Stripe retry a valid event forever. Merchant requests are always screened."""
+    from api import card_data, edge
+
+    body = b'{"id": "evt_1", "data": {"object": {"card": {"exp_month": 12}, "note": "4242 4242 4242 4242"}}}'
+    edge._check_card_data({"path": "/webhooks/stripe", "query_string": b"", "headers": []}, body)
+    with pytest.raises(card_data.CardDataFound):
+        edge._check_card_data({"path": "/v1/payments", "query_string": b"", "headers": []}, body)
+    # The path and query string of a processor request are still screened.
+    with pytest.raises(card_data.CardDataFound):
+        edge._check_card_data({"path": "/webhooks/stripe", "query_string": b"n=4242424242424242", "headers": []}, b"")

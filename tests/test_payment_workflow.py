@@ -345,3 +345,19 @@ async def test_worker_restarted_mid_payment_resumes_without_duplicate(
         state = await wait_for_status(handle, "CAPTURED", "SETTLED", timeout=45)
     assert len(intents_for(stack, payment.order_id)) == 1
     assert state.stripe_payment_intent_id == intents_for(stack, payment.order_id)[0]["id"]
+
+
+async def test_authorization_expiry_cancels_the_hold(payment_stack: PaymentStack) -> None:
+    timings = replace(FAST_TIMINGS, authorization_expiry_seconds=2)
+    payment = new_order(capture_method="manual", timings=timings)
+    state, handle = await start(payment_stack, payment)
+    assert state.status == "AUTHORIZED"
+    final = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT_SECONDS)
+    assert final.status == "CANCELED"
+    [intent] = intents_for(payment_stack, payment.order_id)
+    assert intent["status"] == "canceled"
+    async with payment_stack.engine.connect() as connection:
+        hold = await books.balance(connection, f"payment:{state.payment_id}:clearing:usd")
+    assert (hold.posted, hold.pending) == (0, 0), "the expired hold must be released in the ledger"
+    trail = await audit_trail(payment_stack, state.payment_id)
+    assert trail[-1][1:] == ("CANCELED", "canceled")

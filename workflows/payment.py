@@ -134,6 +134,7 @@ class PaymentWorkflow:
         self._settlement_hint = False
         self._polls = 0
         self._action_deadline: datetime | None = None
+        self._authorization_deadline: datetime | None = None
 
     # ----------------------------------------------------------------- queries, updates, signals
 
@@ -326,7 +327,13 @@ class PaymentWorkflow:
                     async with self._lock:
                         await self._refresh_intent(abandon_reason=None)
             elif status is S.AUTHORIZED:
-                changed = await self._wait_for_change(status, timings.authorization_expiry_seconds)
+                # The hold expires a fixed time after authorisation, however many events arrive.
+                if self._authorization_deadline is None:
+                    self._authorization_deadline = workflow.now() + timedelta(
+                        seconds=timings.authorization_expiry_seconds
+                    )
+                remaining = (self._authorization_deadline - workflow.now()).total_seconds()
+                changed = remaining > 0 and await self._wait_for_change(status, max(1, int(remaining)))
                 if not changed:
                     async with self._lock:
                         if S(self._require_state().status) is S.AUTHORIZED:
