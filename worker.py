@@ -12,6 +12,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -91,6 +92,9 @@ def build_worker(client: Client, engine: AsyncEngine, settings: Settings, task_q
 
 
 async def run_worker(settings: Settings) -> None:
+    if settings.worker_metrics_port:
+        # The worker's own metrics (relay backlog, webhook delivery counters) for Prometheus.
+        start_http_server(settings.worker_metrics_port, addr=settings.host)
     client = await Client.connect(settings.effective_temporal_address, namespace=settings.temporal_namespace)
     engine = create_engine(settings.effective_database_url)
     worker = build_worker(client, engine, settings)

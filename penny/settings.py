@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     emulator_port: int = Field(12111, description="Port of the Stripe emulator.")
 
     api_port: int = Field(8000, description="Port of the Penny API.")
+    worker_metrics_port: int = Field(
+        9464, description="Port of the worker's Prometheus /metrics (webhook relay backlog and counters); 0 disables."
+    )
     api_key_pepper: str = Field(
         PLACEHOLDER_API_KEY_PEPPER,
         description="Secret mixed into stored API key hashes.",

@@ -78,6 +78,8 @@ class Stack:
         if s.runs_embedded_emulator:
             ports.append(("Stripe emulator (PENNY_EMULATOR_PORT)", s.emulator_port))
         ports.append(("API (PENNY_API_PORT)", s.api_port))
+        if s.worker_metrics_port:
+            ports.append(("worker metrics (PENNY_WORKER_METRICS_PORT)", s.worker_metrics_port))
         return ports
 
     def check_ports(self) -> list[str]:

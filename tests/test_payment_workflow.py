@@ -361,3 +361,59 @@ async def test_authorization_expiry_cancels_the_hold(payment_stack: PaymentStack
     assert (hold.posted, hold.pending) == (0, 0), "the expired hold must be released in the ledger"
     trail = await audit_trail(payment_stack, state.payment_id)
     assert trail[-1][1:] == ("CANCELED", "canceled")
+
+
+def _transfers_for(stack: PaymentStack, order_id: str) -> list[dict[str, Any]]:
+    return [
+        transfer
+        for transfer in stack.emulator.control.state()["transfers"]
+        if transfer.get("transfer_group") == order_id
+    ]
+
+
+def _two_recipient_order() -> PaymentInput:
+    return new_order(
+        amount=5000,
+        recipients=[
+            SplitRecipientSpec(f"acct_s{uuid.uuid4().hex[:8]}", share_bps=6000, role="seller"),
+            SplitRecipientSpec(f"acct_d{uuid.uuid4().hex[:8]}", share_bps=4000, role="driver"),
+        ],
+    )
+
+
+async def test_one_failing_transfer_neither_loses_nor_duplicates_the_others(payment_stack: PaymentStack) -> None:
+    """The first transfer fails through all its retries once; the next round pays it. One transfer each."""
+    attempts = FAST_TIMINGS.stripe_attempts_max
+    payment_stack.emulator.control.add_fault("POST", "/v1/transfers", "error_500_before", count=attempts)
+    payment = _two_recipient_order()
+    state, handle = await start(payment_stack, payment)
+    assert state.status == "CAPTURED"
+    await wait_for_status(handle, "CAPTURED")
+    settled = await settle(payment_stack, handle)
+    assert settled.status == "SETTLED"
+    assert [record.status for record in settled.transfers] == ["succeeded", "succeeded"]
+    transfers = _transfers_for(payment_stack, payment.order_id)
+    assert sorted(transfer["destination"] for transfer in transfers) == sorted(
+        recipient.account_id for recipient in payment.recipients
+    ), "exactly one transfer per recipient"
+    assert settled.split is not None
+    assert {t["destination"]: t["amount"] for t in transfers} == {p.account_id: p.amount for p in settled.split.parts}
+    assert await ledger_findings(payment_stack) == []
+
+
+async def test_transfers_that_keep_failing_end_in_review(payment_stack: PaymentStack) -> None:
+    payment_stack.emulator.control.add_fault("POST", "/v1/transfers", "error_500_before")
+    payment = _two_recipient_order()
+    state, handle = await start(payment_stack, payment)
+    review = await wait_for_status(handle, "NEEDS_REVIEW", timeout=60)
+    assert _transfers_for(payment_stack, payment.order_id) == []
+    async with payment_stack.engine.connect() as connection:
+        item = (
+            await connection.execute(
+                text("SELECT kind, reason, details FROM review_items WHERE payment_id = :id"),
+                {"id": state.payment_id},
+            )
+        ).one()
+    assert item.kind == "transfer_failed" and "2 of 2 transfers failed" in item.reason
+    assert set(item.details) >= {recipient.account_id for recipient in payment.recipients}
+    assert review.amount_captured == 5000
