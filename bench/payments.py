@@ -36,6 +36,7 @@ from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
+from api.workflow_client import start_payment  # noqa: E402
 from penny.db import create_engine, migrate  # noqa: E402
 from penny.services import (  # noqa: E402
     EmbeddedPostgres,
@@ -47,13 +48,9 @@ from penny.services import (  # noqa: E402
 from penny.settings import Settings  # noqa: E402
 from worker import build_worker  # noqa: E402
 from workflows.payment_models import (  # noqa: E402
-    PAYMENT_WORKFLOW_NAME,
-    UPDATE_FIRST_MILESTONE,
     PaymentInput,
-    PaymentState,
     PaymentTimings,
     SplitRecipientSpec,
-    workflow_id_for_order,
 )
 
 BENCH_TIMINGS = replace(PaymentTimings(), settlement_poll_interval_seconds=3600)
@@ -166,17 +163,7 @@ async def main_async(payments: int, concurrencies: list[int]) -> None:
                     platform_fee_bps=1000,
                     timings=BENCH_TIMINGS,
                 )
-                operation = WithStartWorkflowOperation(
-                    PAYMENT_WORKFLOW_NAME,
-                    payment,
-                    id=workflow_id_for_order(payment.order_id),
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    task_queue=settings.temporal_task_queue,
-                    result_type=PaymentState,
-                )
-                state = await client.execute_update_with_start_workflow(
-                    UPDATE_FIRST_MILESTONE, start_workflow_operation=operation, result_type=PaymentState
-                )
+                state = await start_payment(client, settings, payment)
                 statuses[state.status] = statuses.get(state.status, 0) + 1
 
             async with build_worker(client, engine, settings):

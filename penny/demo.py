@@ -21,16 +21,14 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import Client, WorkflowHandle
 
+from api.workflow_client import start_payment
 from penny.settings import Settings
 from workflows.health import HealthCheckInput, HealthCheckWorkflow
 from workflows.payment_models import (
-    PAYMENT_WORKFLOW_NAME,
     QUERY_STATE,
     UPDATE_CAPTURE,
-    UPDATE_FIRST_MILESTONE,
     CaptureRequest,
     PaymentInput,
     PaymentState,
@@ -67,18 +65,9 @@ def money(amount_minor: int, currency: str) -> str:
 
 
 async def _start_payment(client: Client, settings: Settings, payment: PaymentInput) -> tuple[PaymentState, Any]:
-    operation = WithStartWorkflowOperation(
-        PAYMENT_WORKFLOW_NAME,
-        payment,
-        id=workflow_id_for_order(payment.order_id),
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        task_queue=settings.temporal_task_queue,
-        result_type=PaymentState,
-    )
-    state = await client.execute_update_with_start_workflow(
-        UPDATE_FIRST_MILESTONE, start_workflow_operation=operation, result_type=PaymentState
-    )
-    return state, await operation.workflow_handle()
+    """Start the order's workflow exactly as the API does, and return its first milestone and handle."""
+    state = await start_payment(client, settings, payment)
+    return state, client.get_workflow_handle(workflow_id_for_order(payment.order_id), result_type=PaymentState)
 
 
 async def _wait_settled(handle: WorkflowHandle[Any, Any]) -> PaymentState:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from temporalio.client import WithStartWorkflowOperation, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from api.workflow_client import start_payment
 from ledger import ledger as books
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
 from workflows.payment_models import (
@@ -21,7 +21,6 @@ from workflows.payment_models import (
     SIGNAL_STRIPE_EVENT,
     UPDATE_CANCEL,
     UPDATE_CAPTURE,
-    UPDATE_FIRST_MILESTONE,
     CancelRequest,
     CaptureRequest,
     PaymentInput,
@@ -50,19 +49,9 @@ def new_order(**overrides: Any) -> PaymentInput:
 
 
 async def start(stack: PaymentStack, payment: PaymentInput) -> tuple[PaymentState, WorkflowHandle[Any, Any]]:
-    """Start (or attach to) the order's workflow and wait for its first milestone, as the API does."""
-    operation = WithStartWorkflowOperation(
-        PAYMENT_WORKFLOW_NAME,
-        payment,
-        id=workflow_id_for_order(payment.order_id),
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        task_queue=stack.task_queue,
-        result_type=PaymentState,
-    )
-    state = await stack.client.execute_update_with_start_workflow(
-        UPDATE_FIRST_MILESTONE, start_workflow_operation=operation, result_type=PaymentState
-    )
-    return state, await operation.workflow_handle()
+    """Start (or attach to) the order's workflow and wait for its first milestone, exactly as the API does."""
+    state = await start_payment(stack.client, stack.settings, payment)
+    return state, stack.client.get_workflow_handle(workflow_id_for_order(payment.order_id), result_type=PaymentState)
 
 
 async def wait_for_status(handle: WorkflowHandle[Any, Any], *statuses: str, timeout: float = 30) -> PaymentState:
