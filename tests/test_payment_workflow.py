@@ -406,3 +406,23 @@ async def test_transfers_that_keep_failing_end_in_review(payment_stack: PaymentS
     assert item.kind == "transfer_failed" and "2 of 2 transfers failed" in item.reason
     assert set(item.details) >= {recipient.account_id for recipient in payment.recipients}
     assert review.amount_captured == 5000
+
+
+async def test_continued_as_new_payment_resumes_from_its_carried_state(payment_stack: PaymentStack) -> None:
+    """Continue-as-new carries the whole state: a new run resumes where the old one was, and
+    charges nothing again (no PaymentIntent is created by the continued run)."""
+    payment = new_order()
+    state, handle = await start(payment_stack, payment)
+    settled = await settle(payment_stack, handle)
+    assert settled.status == "SETTLED"
+    continued_order = replace(payment, carried_state=settled)
+    continued = await payment_stack.client.execute_workflow(
+        PAYMENT_WORKFLOW_NAME,
+        continued_order,
+        id=f"{workflow_id_for_order(payment.order_id)}-continued",
+        task_queue=payment_stack.task_queue,
+        result_type=PaymentState,
+    )
+    assert continued.status == "SETTLED" and continued.payment_id == state.payment_id
+    assert continued.history[-1].endswith("dispute window closed")
+    assert len(intents_for(payment_stack, payment.order_id)) == 1
