@@ -96,7 +96,7 @@ async def run_worker(settings: Settings) -> None:
         # The worker's own metrics (relay backlog, webhook delivery counters) for Prometheus.
         start_http_server(settings.worker_metrics_port, addr=settings.host)
     client = await Client.connect(settings.effective_temporal_address, namespace=settings.temporal_namespace)
-    engine = create_engine(settings.effective_database_url)
+    engine = create_engine(settings.effective_database_url, pre_ping=False)
     worker = build_worker(client, engine, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

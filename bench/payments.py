@@ -126,7 +126,7 @@ async def main_async(payments: int, concurrencies: list[int]) -> None:
             temporal_task_queue="bench-payments",
             stripe_api_base=f"http://127.0.0.1:{emulator_port}",
         )
-        engine = create_engine(database_url, pool_size=40)
+        engine = create_engine(database_url, pool_size=40, pre_ping=False)  # as worker.py runs it
         run_id = uuid.uuid4().hex[:6]
         print(f"Payments benchmark: {payments} payments per run, 2 cores; worker in this process")
         for concurrency in concurrencies:

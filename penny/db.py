@@ -10,14 +10,18 @@ MIGRATIONS_DIR = Path(__file__).parent.parent / "ledger" / "migrations"
 
 POOL_SIZE = 20
 POOL_OVERFLOW_MAX = 10
+POOL_RECYCLE_SECONDS = 1800
 
 
-def create_engine(database_url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = POOL_SIZE, pre_ping: bool = True) -> AsyncEngine:
+    """`pre_ping` costs a round trip per checkout; the worker turns it off because a stale
+    connection there only fails one activity attempt, which Temporal retries."""
     return create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=POOL_OVERFLOW_MAX,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
+        pool_recycle=POOL_RECYCLE_SECONDS,
     )
 
 
