@@ -223,15 +223,14 @@ class StripeActivities:
     async def charge_balance(self, request: ChargeBalanceInput) -> ChargeBalance:
         """The charge's balance transaction: Stripe's fee and whether the funds are available yet."""
         try:
-            charge = await self._client.v1.charges.retrieve_async(
-                request.charge_id, {"expand": ["balance_transaction"]}
+            charge = _plain(
+                await self._client.v1.charges.retrieve_async(request.charge_id, {"expand": ["balance_transaction"]})
             )
+            transaction = charge.get("balance_transaction")
+            if isinstance(transaction, str):
+                transaction = _plain(await self._client.v1.balance_transactions.retrieve_async(transaction))
         except stripe.StripeError as error:
-            raise _classify(error, "charge retrieve") from error
-        charge = _plain(charge)
-        transaction = charge.get("balance_transaction")
-        if isinstance(transaction, str):
-            transaction = _plain(await self._client.v1.balance_transactions.retrieve_async(transaction))
+            raise _classify(error, "charge balance retrieve") from error
         if not transaction:
             return ChargeBalance(request.charge_id, None, 0, int(charge["amount"]), "pending")
         return ChargeBalance(
