@@ -43,3 +43,33 @@ class BareWorkflow:
     async def first_milestone(self) -> bool:
         await workflow.wait_condition(lambda: self._done)
         return True
+
+
+async def _serve(address: str, task_queue: str) -> None:
+    """Run the bare worker in its own process (as bench/payments.py runs Penny's worker.py)."""
+    import asyncio
+    import signal
+
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    client = await Client.connect(address)
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[BareWorkflow],
+        activities=[bare_noop],
+        max_concurrent_activities=200,
+        max_concurrent_workflow_tasks=200,
+    ):
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    import asyncio
+    import sys
+
+    asyncio.run(_serve(sys.argv[1], sys.argv[2]))

