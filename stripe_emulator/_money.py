@@ -457,7 +457,7 @@ def create_transfer(call: Call) -> dict[str, Any]:
             400,
             "invalid_request_error",
             "You have insufficient available funds in your Stripe account. Try adding funds directly to your available "
-            "balance by creating Charges using the 4000000000000077 test card.",
+            "balance by creating Charges using the test card that makes funds available at once (ending 0077).",
             code="balance_insufficient",
         )
     ensure_account(state, destination, "destination")
