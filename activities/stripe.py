@@ -169,32 +169,22 @@ class StripeActivities:
 
     @activity.defn(name="stripe_capture_payment_intent")
     async def capture_payment_intent(self, request: IntentActionInput) -> IntentSnapshot:
-        params: dict[str, Any] = {}
-        if request.amount is not None:
-            params["amount_to_capture"] = request.amount
-        try:
-            intent = await self._client.v1.payment_intents.capture_async(
-                request.payment_intent_id,
-                params,  # type: ignore[arg-type]
-                options={"idempotency_key": request.idempotency_key},
-            )
-        except stripe.StripeError as error:
-            raise _classify(error, "payment intent capture") from error
-        return snapshot(intent)
+        params = {} if request.amount is None else {"amount_to_capture": request.amount}
+        return await self._intent_action(self._client.v1.payment_intents.capture_async, "capture", request, params)
 
     @activity.defn(name="stripe_cancel_payment_intent")
     async def cancel_payment_intent(self, request: IntentActionInput) -> IntentSnapshot:
-        params: dict[str, Any] = {}
-        if request.reason:
-            params["cancellation_reason"] = request.reason
+        params = {"cancellation_reason": request.reason} if request.reason else {}
+        return await self._intent_action(self._client.v1.payment_intents.cancel_async, "cancel", request, params)
+
+    async def _intent_action(
+        self, call: Any, what: str, request: IntentActionInput, params: dict[str, Any]
+    ) -> IntentSnapshot:
+        """A POST on an existing PaymentIntent, with the step's idempotency key."""
         try:
-            intent = await self._client.v1.payment_intents.cancel_async(
-                request.payment_intent_id,
-                params,  # type: ignore[arg-type]
-                options={"idempotency_key": request.idempotency_key},
-            )
+            intent = await call(request.payment_intent_id, params, options={"idempotency_key": request.idempotency_key})
         except stripe.StripeError as error:
-            raise _classify(error, "payment intent cancel") from error
+            raise _classify(error, f"payment intent {what}") from error
         return snapshot(intent)
 
     @activity.defn(name="stripe_create_transfer")
