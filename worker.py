@@ -42,6 +42,8 @@ SHUTDOWN_TIMEOUT_SECONDS = 10.0
 SANDBOX_PASSTHROUGH_MODULES = (
     "workflows.payment_models",
     "workflows.state_machine",
+    "workflows.payment_core",
+    "workflows.ids",
     "workflows.search_attributes",
     "activities.payment_types",
     "activities.stripe_types",
@@ -71,6 +73,7 @@ def activity_functions(engine: AsyncEngine, settings: Settings, client: Client |
         stripe_calls.create_payment_intent,
         stripe_calls.retrieve_payment_intent,
         stripe_calls.find_payment_intent,
+        stripe_calls.find_transfer,
         stripe_calls.capture_payment_intent,
         stripe_calls.cancel_payment_intent,
         stripe_calls.create_transfer,

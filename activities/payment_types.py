@@ -11,6 +11,9 @@ from workflows.payment_models import ComputedSplit, SplitRecipientSpec
 
 TRANSITION_CONFLICT = "TransitionConflict"
 INVALID_PAYMENT_REQUEST = "InvalidPaymentRequest"
+# The ledger refused a posting (unbalanced, over a balance limit, a key reused with other
+# postings): deterministic, so never retried.
+LEDGER_REJECTED = "LedgerRejected"
 
 
 @dataclass
@@ -72,6 +75,15 @@ class ReviewSpec:
 
 
 @dataclass
+class ReviewResolution:
+    """Who resolved the payment's open review items, how and why (written with the transition)."""
+
+    actor: str
+    resolution: str
+    note: str = ""
+
+
+@dataclass
 class PaymentRowUpdate:
     """Columns of the payments row a transition sets (None = unchanged)."""
 
@@ -99,6 +111,11 @@ class TransitionInput:
     row: PaymentRowUpdate = field(default_factory=PaymentRowUpdate)
     review: ReviewSpec | None = None
     details: dict[str, str] = field(default_factory=dict)
+    # Resolves the payment's open review items in the same transaction.
+    resolution: ReviewResolution | None = None
+    # Only for moving to NEEDS_REVIEW: apply whatever the row's status is (a conflict between
+    # Penny's view and the row is itself a reason for review), recording the real from-status.
+    force: bool = False
 
 
 @dataclass

@@ -20,11 +20,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.payment_types import (
     INVALID_PAYMENT_REQUEST,
+    LEDGER_REJECTED,
     TRANSITION_CONFLICT,
     LedgerAction,
     PreparePaymentInput,
     PreparePaymentResult,
     RecordIgnoredInput,
+    ReviewResolution,
     RiskCheckInput,
     RiskCheckResult,
     TransitionInput,
@@ -34,6 +36,7 @@ from ledger import chart
 from ledger import ledger as books
 from ledger.errors import LedgerError
 from ledger.money import CaptureSplit, SplitRecipient, compute_split, scale_split
+from penny import payment_metrics as metrics
 from workflows.payment_models import ComputedSplit, SplitPart
 
 # Risk limits (named; a payment over a limit is reviewed or blocked, never silently passed).
@@ -41,6 +44,8 @@ RISK_REVIEW_AMOUNT_MINOR = 1_000_000  # above this (e.g. $10,000.00) a human loo
 RISK_BLOCK_AMOUNT_MINOR = 10_000_000  # above this the payment is refused outright
 RISK_VELOCITY_WINDOW_SECONDS = 3600
 RISK_VELOCITY_MAX_PAYMENTS = 20  # per customer per window, before review
+# Version of the outbox event payload (README "Outbox events"); bump on an incompatible change.
+OUTBOX_SCHEMA_VERSION = 1
 
 
 def _split_to_ledger(split: ComputedSplit) -> CaptureSplit:
@@ -136,7 +141,18 @@ class PaymentActivities:
                     request_id=request.request_id or None,
                     details={"amount": request.amount, "currency": request.currency, "split": asdict(split)},
                 )
-                await self._append_outbox(connection, request.payment_id, "CREATED", f"{request.payment_id}:created")
+                await self._append_outbox(
+                    connection,
+                    TransitionInput(
+                        transition_id=f"{request.payment_id}:created",
+                        payment_id=request.payment_id,
+                        expected_status="",
+                        to_status="CREATED",
+                        event="created",
+                        reason="payment created",
+                    ),
+                    "",
+                )
             else:
                 existing = (
                     await connection.execute(
@@ -195,6 +211,19 @@ class PaymentActivities:
 
     @activity.defn(name="apply_transition")
     async def apply_transition(self, request: TransitionInput) -> TransitionResult:
+        try:
+            return await self._apply_transition(request)
+        except LedgerError as error:
+            # Deterministic: the same postings would be refused again. The transaction rolled
+            # back (nothing half-written); the workflow sends the payment to review.
+            raise ApplicationError(
+                f"ledger refused {request.event} for {request.payment_id}: {error}",
+                {"code": error.code, "param": error.param},
+                type=LEDGER_REJECTED,
+                non_retryable=True,
+            ) from error
+
+    async def _apply_transition(self, request: TransitionInput) -> TransitionResult:
         async with self._engine.begin() as connection:
             already = (
                 await connection.execute(
@@ -204,6 +233,15 @@ class PaymentActivities:
             ).first()
             if already is not None:
                 return TransitionResult(applied=False, status=already.to_status, ledger_entry_ids=list(already[1]))
+            from_status = request.expected_status
+            if request.force:
+                # Only a move to review may be forced: it must land whatever the row says.
+                assert request.to_status == "NEEDS_REVIEW", "only a review may be forced"
+                from_status = (
+                    await connection.execute(
+                        text("SELECT status FROM payments WHERE id = :id FOR UPDATE"), {"id": request.payment_id}
+                    )
+                ).scalar_one()
             row = request.row
             updated = (
                 await connection.execute(
@@ -234,7 +272,7 @@ class PaymentActivities:
                         "failure_code": row.failure_code,
                         "failure_message": row.failure_message,
                         "payment_id": request.payment_id,
-                        "expected_status": request.expected_status,
+                        "expected_status": from_status,
                     },
                 )
             ).first()
@@ -254,11 +292,14 @@ class PaymentActivities:
             entry_ids: list[int] = []
             for action in request.ledger:
                 entry_ids.extend(await self._apply_ledger_action(connection, request.payment_id, split, action))
+            details = dict(request.details)
+            if from_status != request.expected_status:
+                details["workflow_expected_status"] = request.expected_status
             await self._append_event(
                 connection,
                 payment_id=request.payment_id,
                 transition_id=request.transition_id,
-                from_status=request.expected_status,
+                from_status=from_status,
                 to_status=request.to_status,
                 event=request.event,
                 actor=request.actor,
@@ -266,8 +307,10 @@ class PaymentActivities:
                 stripe_event_id=request.stripe_event_id,
                 request_id=request.request_id,
                 ledger_entry_ids=entry_ids,
-                details=request.details,
+                details=details,
             )
+            if request.resolution is not None:
+                await _resolve_review_items(connection, request.payment_id, request.resolution)
             if request.review is not None:
                 await connection.execute(
                     text(
@@ -285,7 +328,16 @@ class PaymentActivities:
                         "details": json.dumps(request.review.details),
                     },
                 )
-            await self._append_outbox(connection, request.payment_id, request.to_status, request.transition_id)
+            if request.to_status != from_status:
+                # Exactly one outbox event per status change; bookings that keep the status
+                # (fee, transfers) and extra review items emit nothing.
+                await self._append_outbox(connection, request, from_status)
+        if request.to_status != from_status:
+            metrics.PAYMENT_TRANSITIONS.labels(to_status=request.to_status).inc()
+        if request.review is not None:
+            metrics.REVIEW_ITEMS_OPENED.labels(kind=request.review.kind).inc()
+            if request.review.kind == "duplicate_charge":
+                metrics.DUPLICATE_CHARGES.inc()
         return TransitionResult(applied=True, status=request.to_status, ledger_entry_ids=entry_ids)
 
     @activity.defn(name="record_ignored_event")
@@ -402,21 +454,55 @@ class PaymentActivities:
         )
 
     @staticmethod
-    async def _append_outbox(connection: AsyncConnection, payment_id: str, status: str, dedupe_key: str) -> None:
+    async def _append_outbox(connection: AsyncConnection, request: TransitionInput, from_status: str) -> None:
+        """The transition's one outbox event: typed (`payment.<status>`), versioned, self-contained."""
         await connection.execute(
             text(
                 """
                 INSERT INTO outbox (topic, aggregate_id, dedupe_key, payload)
                 SELECT :topic, p.id, :dedupe_key,
-                       jsonb_build_object('payment_id', p.id, 'order_id', p.order_id, 'status', p.status,
+                       jsonb_build_object('type', CAST(:topic AS text), 'version', CAST(:schema_version AS integer),
+                                          'id', CAST(:dedupe_key AS text),
+                                          'payment_id', p.id, 'order_id', p.order_id, 'status', p.status,
+                                          'previous_status', CAST(:from_status AS text),
                                           'amount', p.amount, 'currency', p.currency,
-                                          'amount_captured', p.amount_captured, 'version', p.version)
+                                          'amount_captured', p.amount_captured,
+                                          'amount_refunded', p.amount_refunded,
+                                          'reason', CAST(:reason AS text), 'payment_version', p.version,
+                                          'occurred_at', now())
                 FROM payments p WHERE p.id = :payment_id
                 ON CONFLICT (dedupe_key) DO NOTHING
                 """
             ),
-            {"topic": f"payment.{status.lower()}", "dedupe_key": dedupe_key, "payment_id": payment_id},
+            {
+                "topic": f"payment.{request.to_status.lower()}",
+                "dedupe_key": request.transition_id,
+                "payment_id": request.payment_id,
+                "from_status": from_status,
+                "reason": request.reason[:500],
+                "schema_version": OUTBOX_SCHEMA_VERSION,
+            },
         )
+
+
+async def _resolve_review_items(connection: AsyncConnection, payment_id: str, resolution: ReviewResolution) -> None:
+    """Close every open review item of the payment: who, when, how and why."""
+    await connection.execute(
+        text(
+            """
+            UPDATE review_items
+            SET status = 'resolved', resolved_at = now(), resolution = :resolution,
+                resolved_by = :actor, resolution_note = :note
+            WHERE payment_id = :payment_id AND status = 'open'
+            """
+        ),
+        {
+            "payment_id": payment_id,
+            "resolution": resolution.resolution,
+            "actor": resolution.actor,
+            "note": resolution.note[:1000],
+        },
+    )
 
 
 async def _pending_entry_id(connection: AsyncConnection, hold_draft: Any) -> int | None:

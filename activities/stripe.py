@@ -6,9 +6,13 @@ Rules (DESIGN.md "Processor calls and uncertainty"):
   first outcome instead of charging twice.
 - A card decline is a business outcome: raised as a non-retryable ApplicationError of type
   `CardDeclined`, so the workflow fails the payment without retrying.
-- Timeouts, connection errors, 5xx and 429 are "outcome unknown": the activity raises an
-  ordinary (retryable) error and Temporal retries it with the same key. The retry cap is
-  set by the workflow (PaymentTimings) and ends far inside Stripe's 24 h idempotency window.
+- Timeouts, connection errors, 429 and 409 (key in use) are "outcome unknown, answer not
+  saved": the activity raises an ordinary (retryable) error and Temporal retries it with the
+  same key. The retry cap is set by the workflow (PaymentTimings) and ends far inside
+  Stripe's 24 h idempotency window.
+- A 5xx answer to a POST is saved by Stripe under the key and replayed for 24 h: retrying the
+  key only replays it. It is a non-retryable `StripeServerError`; the workflow looks the
+  object up and, if it is not there, acts again under a new key. A 5xx to a GET is retried.
 - Other 4xx (a bad request we built, an idempotency mismatch) are non-retryable
   `StripeRequestRefused`: retrying cannot help, a human must look (NEEDS_REVIEW).
 - The SDK's own network retries are off: Temporal owns retries, so each attempt is visible
@@ -26,11 +30,14 @@ from temporalio.exceptions import ApplicationError
 from activities.stripe_types import (
     CARD_DECLINED,
     STRIPE_REQUEST_REFUSED,
+    STRIPE_SERVER_ERROR,
     ChargeBalance,
     ChargeBalanceInput,
     CreateIntentInput,
     FindIntentInput,
     FindIntentResult,
+    FindTransferInput,
+    FindTransferResult,
     IntentActionInput,
     IntentSnapshot,
     TransferInput,
@@ -40,6 +47,8 @@ from penny.settings import Settings
 
 STRIPE_HTTP_TIMEOUT_SECONDS = 20.0
 SEARCH_RESULTS_MAX = 10
+TRANSFER_PAGE_SIZE = 100
+TRANSFER_PAGES_MAX = 10
 
 
 def _plain(stripe_object: Any) -> dict[str, Any]:
@@ -85,8 +94,11 @@ def _refused(error: stripe.StripeError, what: str) -> ApplicationError:
     )
 
 
-def _classify(error: stripe.StripeError, what: str) -> Exception:
-    """Map a Stripe SDK error to retryable (plain) or non-retryable (ApplicationError)."""
+def _classify(error: stripe.StripeError, what: str, *, post: bool = False) -> Exception:
+    """Map a Stripe SDK error to retryable (plain) or non-retryable (ApplicationError).
+
+    `post`: the request carried an idempotency key, so a 5xx answer is saved under it.
+    """
     if isinstance(error, stripe.CardError):
         return ApplicationError(
             f"card declined: {error.user_message or error}",
@@ -99,6 +111,13 @@ def _classify(error: stripe.StripeError, what: str) -> Exception:
             non_retryable=True,
         )
     status = error.http_status or 0
+    if post and status >= 500:
+        return ApplicationError(
+            f"Stripe {what} answered HTTP {status}: outcome unknown, saved under the idempotency key",
+            {"http_status": status},
+            type=STRIPE_SERVER_ERROR,
+            non_retryable=True,
+        )
     if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError) or status >= 500 or status in (0, 409):
         # 409 is Stripe's "idempotency key in use": the first attempt is still running.
         return RuntimeError(f"Stripe {what} outcome unknown (HTTP {status}): {type(error).__name__}")
@@ -139,7 +158,7 @@ class StripeActivities:
                 options={"idempotency_key": request.idempotency_key},
             )
         except stripe.StripeError as error:
-            raise _classify(error, "payment intent create") from error
+            raise _classify(error, "payment intent create", post=True) from error
         return snapshot(intent)
 
     @activity.defn(name="stripe_retrieve_payment_intent")
@@ -165,7 +184,41 @@ class StripeActivities:
             return FindIntentResult(found=False)
         # Prefer an intent that moved money; several would be a double charge to surface.
         intents.sort(key=lambda intent: (intent["status"] != "succeeded", intent["status"] != "requires_capture"))
-        return FindIntentResult(found=True, intent=snapshot(intents[0]), matches=len(intents))
+        charged = [intent["id"] for intent in intents if intent["status"] in ("succeeded", "requires_capture")]
+        return FindIntentResult(
+            found=True, intent=snapshot(intents[0]), matches=len(intents), charged_intent_ids=charged
+        )
+
+    @activity.defn(name="stripe_find_transfer")
+    async def find_transfer(self, request: FindTransferInput) -> FindTransferResult:
+        """Look a recipient's transfer up by transfer group, destination and our payment id.
+
+        Listing by transfer_group is strongly consistent (unlike search), so a transfer Stripe
+        created is always found. Pages are bounded by TRANSFER_PAGES_MAX.
+        """
+        matches: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"transfer_group": request.transfer_group, "limit": TRANSFER_PAGE_SIZE}
+        try:
+            for _ in range(TRANSFER_PAGES_MAX):
+                page = await self._client.v1.transfers.list_async(params)  # type: ignore[arg-type]
+                for transfer in page.data:
+                    plain = _plain(transfer)
+                    metadata = plain.get("metadata") or {}
+                    if plain.get("destination") == request.destination and (
+                        metadata.get("payment_id") == request.payment_id
+                    ):
+                        matches.append(plain)
+                if not page.has_more or not page.data:
+                    break
+                params["starting_after"] = page.data[-1]["id"]
+        except stripe.StripeError as error:
+            raise _classify(error, "transfer list") from error
+        if not matches:
+            return FindTransferResult(found=False)
+        first = min(matches, key=lambda transfer: int(transfer.get("created") or 0))
+        return FindTransferResult(
+            found=True, transfer_id=str(first["id"]), amount=int(first["amount"]), matches=len(matches)
+        )
 
     @activity.defn(name="stripe_capture_payment_intent")
     async def capture_payment_intent(self, request: IntentActionInput) -> IntentSnapshot:
@@ -184,7 +237,7 @@ class StripeActivities:
         try:
             intent = await call(request.payment_intent_id, params, options={"idempotency_key": request.idempotency_key})
         except stripe.StripeError as error:
-            raise _classify(error, f"payment intent {what}") from error
+            raise _classify(error, f"payment intent {what}", post=True) from error
         return snapshot(intent)
 
     @activity.defn(name="stripe_create_transfer")
@@ -194,7 +247,11 @@ class StripeActivities:
             "currency": request.currency.lower(),
             "destination": request.destination,
             "transfer_group": request.transfer_group,
-            "metadata": {"order_id": request.order_id, "payment_id": request.payment_id},
+            "metadata": {
+                "order_id": request.order_id,
+                "payment_id": request.payment_id,
+                "recipient": request.destination,
+            },
         }
         if request.source_transaction:
             params["source_transaction"] = request.source_transaction
@@ -204,7 +261,7 @@ class StripeActivities:
                 options={"idempotency_key": request.idempotency_key},
             )
         except stripe.StripeError as error:
-            raise _classify(error, "transfer create") from error
+            raise _classify(error, "transfer create", post=True) from error
         return TransferResult(
             transfer_id=transfer["id"], amount=int(transfer["amount"]), destination=request.destination
         )

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 CARD_DECLINED = "CardDeclined"
 STRIPE_REQUEST_REFUSED = "StripeRequestRefused"
+# Stripe answered a POST with a 5xx: it saved that answer under the idempotency key and will
+# replay it for 24 h, so retrying the same key cannot help. The outcome is unknown: look the
+# object up, then act again under a new key (workflows/payment.py `_stripe_post`).
+STRIPE_SERVER_ERROR = "StripeServerError"
 
 
 @dataclass
@@ -51,6 +55,24 @@ class FindIntentInput:
 class FindIntentResult:
     found: bool
     intent: IntentSnapshot | None = None
+    matches: int = 0
+    # Every PaymentIntent of the order that moved money (succeeded or requires_capture):
+    # more than one is a double charge.
+    charged_intent_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FindTransferInput:
+    transfer_group: str
+    destination: str
+    payment_id: str
+
+
+@dataclass
+class FindTransferResult:
+    found: bool
+    transfer_id: str | None = None
+    amount: int = 0
     matches: int = 0
 
 

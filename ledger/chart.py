@@ -238,12 +238,17 @@ def processing_fee(payment_id: str, fee_amount: int, currency: str) -> EntryDraf
 def transfer_to_connected_account(
     payment_id: str, account_id: str, amount: int, currency: str, transfer_id: str
 ) -> EntryDraft:
-    """A Stripe Connect transfer paying what we owe `account_id` for this payment (one per recipient)."""
+    """A Stripe Connect transfer paying what we owe `account_id` for this payment.
+
+    Keyed by the transfer id, not only the recipient: should Stripe ever hold two transfers to
+    one recipient for one payment, both are booked (and the payable's limit refuses the one that
+    overpays), never one hidden behind the other's key.
+    """
     prefix, metadata = _payment(payment_id)
     _positive(amount, "amount")
     _identifier(transfer_id, "transfer_id")
     return _draft(
-        f"{prefix}:transfer:{_identifier(account_id, 'account_id')}",
+        f"{prefix}:transfer:{_identifier(account_id, 'account_id')}:{transfer_id}",
         f"Transfer {transfer_id} to {account_id} for payment {payment_id}",
         [
             Posting(seller_payable(account_id, currency), amount, currency),

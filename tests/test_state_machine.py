@@ -54,10 +54,23 @@ def test_processor_events_only_move_forward() -> None:
     assert not stale.allowed and "stale" in stale.reason
     # The same event from a pre-capture state moves forward.
     assert decide(S.REQUIRES_ACTION, E.PROCESSING, from_processor=True).allowed
+    # Processor events move a payment only along a row of the table, never in place, and only up
+    # in rank, except the rows FORWARD_BY_EVENT names.
+    backwards_by_rank = set()
     for (state, event), target in TRANSITIONS.items():
         decision = decide(state, event, from_processor=True)
         if decision.allowed and state is not S.NEEDS_REVIEW:
-            assert RANK[target] > RANK[state], (state, event, target)
+            assert target is not state, (state, event)
+            if RANK[target] <= RANK[state]:
+                backwards_by_rank.add((state, event))
+    assert backwards_by_rank == {
+        (S.DISPUTED, E.DISPUTE_WON),  # a won dispute returns the payment to SETTLED
+    }
+    # Events with no row in the current state are refused, and the late ones say "stale".
+    for state in PaymentStatus:
+        for event in PaymentEvent:
+            if (state, event) not in TRANSITIONS:
+                assert not decide(state, event, from_processor=True).allowed, (state, event)
 
 
 def test_repeated_processor_event_is_stale() -> None:
@@ -79,7 +92,9 @@ def test_capture_and_cancel_from_authorized() -> None:
 
 
 def test_dispute_lifecycle() -> None:
-    assert decide(S.SETTLED, E.DISPUTE_OPENED).to_status is S.DISPUTED
-    assert decide(S.DISPUTED, E.DISPUTE_WON).to_status is S.SETTLED
-    assert decide(S.DISPUTED, E.DISPUTE_LOST).to_status is S.REVERSED
+    # Dispute events come from Stripe: decided as the workflow decides them (from_processor=True).
+    assert decide(S.SETTLED, E.DISPUTE_OPENED, from_processor=True).to_status is S.DISPUTED
+    assert decide(S.DISPUTED, E.DISPUTE_WON, from_processor=True).to_status is S.SETTLED
+    assert decide(S.DISPUTED, E.DISPUTE_LOST, from_processor=True).to_status is S.REVERSED
+    assert not decide(S.SETTLED, E.DISPUTE_WON, from_processor=True).allowed
     assert not decide(S.AUTHORIZED, E.DISPUTE_OPENED).allowed

@@ -58,6 +58,17 @@ class PaymentTimings:
     stripe_maximum_interval_seconds: float = 60.0
     stripe_call_timeout_seconds: float = 30.0
     uncertain_rounds_max: int = 3
+    # Database steps (local activities) retry transient errors (lock timeouts, connection loss)
+    # up to this many attempts, then the payment goes to NEEDS_REVIEW.
+    database_attempts_max: int = 10
+    database_maximum_interval_seconds: float = 30.0
+    # A PaymentIntent status Penny does not know is polled this many times, then reviewed.
+    unknown_status_polls_max: int = 10
+    # Stripe forgets an idempotency key after 24 h: a step first tried longer ago than this
+    # looks its object up first and, when it must act again, does so under a new key.
+    stripe_key_reuse_margin_seconds: int = 20 * 3600
+    # Continue as new once the history is this long (0: when Temporal suggests it).
+    continue_as_new_history_length_max: int = 0
 
 
 @dataclass
@@ -98,14 +109,43 @@ class ComputedSplit:
     parts: list[SplitPart] = field(default_factory=list)
 
 
+TRANSFER_PENDING = "pending"
+TRANSFER_SUCCEEDED = "succeeded"
+TRANSFER_FAILED = "failed"
+TRANSFER_IN_REVIEW = "in_review"
+
+
 @dataclass
 class TransferRecord:
+    """One recipient's transfer: paid exactly once, booked exactly once.
+
+    status: pending (not paid yet) | succeeded (Stripe has it; `transfer_id` set) | failed (the
+    last round failed; retried next round) | in_review (rounds exhausted; an operator's retry
+    pays it). `booked` is True once the ledger holds it.
+    """
+
     account_id: str
     amount: int
     transfer_id: str | None = None
-    status: str = "pending"  # pending | succeeded | failed
+    status: str = TRANSFER_PENDING
     attempts: int = 0
     error: str = ""
+    booked: bool = False
+
+
+@dataclass
+class StripeStep:
+    """The durable record of one Stripe POST step (create, capture, cancel, a transfer).
+
+    `key_index` 0 sends the step's base idempotency key; after Stripe saved an error under a
+    key (`key_spent`), or once the key is older than the reuse margin, the next attempt first
+    looks the object up and then acts under `<base>:<key_index + 1>`: one key per request.
+    """
+
+    first_attempt_unix_seconds: float
+    attempts: int = 0
+    key_index: int = 0
+    key_spent: bool = False
 
 
 @dataclass
@@ -135,6 +175,20 @@ class PaymentState:
     processed_event_ids: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
     transition_count: int = 0
+    # Everything below survives continue-as-new (deadlines as unix seconds, counters, steps).
+    charge_requested: bool = False
+    fee_booked: bool = False
+    review_status_before: str | None = None
+    action_deadline_unix_seconds: float | None = None
+    authorization_deadline_unix_seconds: float | None = None
+    settlement_deadline_unix_seconds: float | None = None
+    settlement_polled: bool = False
+    settlement_hint: bool = False
+    dispute_window_ends_unix_seconds: float | None = None
+    processing_polls: int = 0
+    unknown_status_polls: int = 0
+    stripe_steps: dict[str, StripeStep] = field(default_factory=dict)
+    continued_as_new: int = 0
 
 
 @dataclass
@@ -149,9 +203,16 @@ class CancelRequest:
     request_id: str = ""
 
 
+RESOLUTIONS = ("captured", "authorized", "failed", "canceled", "retry")
+
+
 @dataclass
 class ResolveReviewRequest:
-    """An operator's resolution of NEEDS_REVIEW: one of captured/authorized/failed/canceled/retry."""
+    """An operator's resolution of NEEDS_REVIEW: one of RESOLUTIONS.
+
+    `retry` resumes where the payment stopped (what Stripe says decides where that is);
+    the others assert an outcome, allowed only when Stripe's state agrees.
+    """
 
     resolution: str
     note: str = ""

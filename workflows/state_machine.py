@@ -10,7 +10,10 @@ Rules encoded here:
   that resolution is itself an audited transition.
 - Events that come from Stripe (webhooks, polling) may only move a payment forward, by the
   rank below; a stale one (e.g. `processing` after `captured`) is refused as stale, so the
-  workflow records it as ignored.
+  workflow records it as ignored. "Forward" is defined per event where the rank cannot say
+  it: FORWARD_BY_EVENT lists those rows (a won dispute returns DISPUTED to SETTLED).
+- An operator's resolution may only resume the payment where it stopped or move it forward;
+  the workflow checks it against Stripe's state first (workflows/payment_core.py).
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class PaymentEvent(StrEnum):
     RESOLVE_FAILED = "resolve_failed"
     RESOLVE_CANCELED = "resolve_canceled"
     RESOLVE_RETRY = "resolve_retry"
+    RESOLVE_REQUIRES_ACTION = "resolve_requires_action"
+    RESOLVE_SETTLED = "resolve_settled"
+    RESOLVE_PARTIALLY_REFUNDED = "resolve_partially_refunded"
+    RESOLVE_DISPUTED = "resolve_disputed"
 
 
 S = PaymentStatus
@@ -113,11 +120,19 @@ TRANSITIONS: dict[tuple[PaymentStatus, PaymentEvent], PaymentStatus] = {
     (S.NEEDS_REVIEW, E.RESOLVE_FAILED): S.FAILED,
     (S.NEEDS_REVIEW, E.RESOLVE_CANCELED): S.CANCELED,
     (S.NEEDS_REVIEW, E.RESOLVE_RETRY): S.PROCESSING,
+    (S.NEEDS_REVIEW, E.RESOLVE_REQUIRES_ACTION): S.REQUIRES_ACTION,
+    (S.NEEDS_REVIEW, E.RESOLVE_SETTLED): S.SETTLED,
+    (S.NEEDS_REVIEW, E.RESOLVE_PARTIALLY_REFUNDED): S.PARTIALLY_REFUNDED,
+    (S.NEEDS_REVIEW, E.RESOLVE_DISPUTED): S.DISPUTED,
     # Stripe's own truth may settle a payment under review: it is applied, never overwritten silently
     # (the workflow records both facts in the audit log).
     (S.NEEDS_REVIEW, E.CAPTURED): S.CAPTURED,
     (S.NEEDS_REVIEW, E.AUTHORIZED): S.AUTHORIZED,
 }
+
+
+# Rows that go down in rank yet are forward for their event, so Stripe may drive them.
+FORWARD_BY_EVENT: frozenset[tuple[PaymentStatus, PaymentEvent]] = frozenset({(S.DISPUTED, E.DISPUTE_WON)})
 
 
 # Where each event leads, whatever the state (for explaining refusals of late processor events).
@@ -151,7 +166,13 @@ def decide(state: PaymentStatus | str, event: PaymentEvent | str, *, from_proces
         else:
             reason = f"{happening} is not a legal event in {current}"
         return Decision(False, current, happening, None, reason)
-    if from_processor and current is not S.NEEDS_REVIEW and RANK[target] <= RANK[current] and target is not current:
+    if (
+        from_processor
+        and current is not S.NEEDS_REVIEW
+        and RANK[target] <= RANK[current]
+        and target is not current
+        and (current, happening) not in FORWARD_BY_EVENT
+    ):
         return Decision(False, current, happening, None, f"stale: {happening} would move {current} backwards")
     if from_processor and target is current:
         return Decision(False, current, happening, None, f"stale: already {current}")
