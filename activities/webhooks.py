@@ -48,7 +48,7 @@ from activities.webhook_types import (
     RelayBatchInput,
     RelayBatchResult,
 )
-from api import webhook_metrics as metrics
+from penny import webhook_metrics as metrics
 from penny.settings import Settings
 from workflows.payment_models import SIGNAL_STRIPE_EVENT, StripeEventSignal
 

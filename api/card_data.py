@@ -1,15 +1,17 @@
 """Tokens only: find raw card data anywhere in a request, without ever keeping the value.
 
 A request is refused (400 `card_data_not_allowed`) when any part of it
-- contains a card-number-like value: 13 to 19 digits, optionally separated by single spaces
-  or dashes, passing the Luhn check (in any string or integer, any key, at any depth, in the
+- contains a card-number-like value (in any string or integer, any key, at any depth, in the
   body, the query string, the path or the Idempotency-Key), or
 - has a field named like card data (card number, CVC/CVV, expiry): `card_number`, `cvc`,
   `exp_month`, `card[number]`, ... compared after lower-casing and dropping punctuation.
 
-UUIDs (8-4-4-4-12 hex, e.g. a v4 Idempotency-Key) are set aside before the digit scan: no
-card number is written in that shape, and a UUID whose first groups happen to be all digits
-would otherwise look like one (about 1 in 2000 random v4 UUIDs).
+"Card-number-like" is decided by `penny.logs.card_number_spans`, the one detector shared with
+the log scrubber: 13 to 19 digits, optionally grouped by single spaces or dashes, passing the
+Luhn check, and standing on their own, i.e. neither preceded nor followed by a letter, digit or
+underscore. Digits inside an identifier (`pay_05eccc811280402087958c0e`,
+`pi_3Nabc4242424242424242`, `acct_1234567890123456`) are therefore never card data, so the
+API never refuses its own or Stripe's ids. UUIDs are set aside (see `penny.logs`).
 
 The functions return WHERE the card data was (a parameter name in Stripe notation), never
 what it was. A 13-digit value that happens to pass Luhn (1 in 10 of them) is refused too:
@@ -23,15 +25,25 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from penny.logs import CARD_NUMBER_CANDIDATE, luhn_valid
+from penny.logs import CARD_DIGITS_MAX, CARD_DIGITS_MIN, contains_card_number
 
-CARD_DIGITS_MIN = 13
-CARD_DIGITS_MAX = 19
+__all__ = [
+    "CARD_DIGITS_MAX",
+    "CARD_DIGITS_MIN",
+    "CARD_FIELD_NAMES",
+    "NESTING_DEPTH_MAX",
+    "CardDataFound",
+    "NestingTooDeep",
+    "check_json",
+    "check_query_string",
+    "check_text",
+    "contains_card_number",
+    "find_in_json",
+    "is_card_field_name",
+]
+
 NESTING_DEPTH_MAX = 32  # deeper JSON is refused as invalid rather than walked
 _NOT_ALPHANUMERIC = re.compile(r"[^a-z0-9]")
-_UUID = re.compile(
-    r"(?<![0-9A-Fa-f-])[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}(?![0-9A-Fa-f-])"
-)
 
 # Field names (lower-cased, punctuation removed) that only ever carry card data.
 CARD_FIELD_NAMES = frozenset(
@@ -83,14 +95,6 @@ class CardDataFound(Exception):
 
 class NestingTooDeep(Exception):
     pass
-
-
-def contains_card_number(text: str) -> bool:
-    for match in CARD_NUMBER_CANDIDATE.finditer(_UUID.sub(" ", text)):
-        digits = match.group(0).replace(" ", "").replace("-", "")
-        if CARD_DIGITS_MIN <= len(digits) <= CARD_DIGITS_MAX and luhn_valid(digits):
-            return True
-    return False
 
 
 def is_card_field_name(name: str) -> bool:

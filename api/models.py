@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import JsonDict
 
 ORDER_ID_LENGTH_MAX = 100
 ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
@@ -78,7 +79,7 @@ class SplitIn(BaseModel):
         return self
 
 
-PAYMENT_CREATE_EXAMPLE = {
+PAYMENT_CREATE_EXAMPLE: JsonDict = {
     "order_id": "order_1001",
     "amount": 9999,
     "currency": "usd",

@@ -39,9 +39,9 @@ from activities.webhooks import (
     parse_event,
     store_event,
 )
-from api import webhook_metrics as metrics
 from api.errors import ERROR_RESPONSES, ApiError, invalid_request, json_response
 from api.webhook_signature import SIGNATURE_TOLERANCE_SECONDS, SignatureError, verify
+from penny import webhook_metrics as metrics
 from penny.settings import Settings
 
 logger = logging.getLogger("penny.api.webhooks")

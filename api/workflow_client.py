@@ -49,9 +49,11 @@ class OrderClosed(Exception):
 
 
 def _refusal(error: WorkflowUpdateFailedError) -> ApiError:
-    cause = error.cause
+    # Temporal chains failures through `__cause__` (its `.cause` is the same attribute, but only
+    # Temporal's own errors have it).
+    cause: BaseException | None = error.cause
     while cause is not None and not isinstance(cause, ApplicationError):
-        cause = cause.cause
+        cause = cause.__cause__
     if isinstance(cause, ApplicationError):
         if cause.type == "InvalidTransition":
             metrics.CONFLICTS.labels("payment_state_conflict").inc()
@@ -78,7 +80,8 @@ async def start_payment(client: Client, settings: Settings, payment: PaymentInpu
     same order all reach the same workflow (USE_EXISTING) and get its state.
     """
     workflow_id = workflow_id_for_order(payment.order_id)
-    operation = WithStartWorkflowOperation(
+    # Started by name (the API does not import the workflow class), so the workflow type is `Any`.
+    operation: WithStartWorkflowOperation[Any, PaymentState] = WithStartWorkflowOperation(
         PAYMENT_WORKFLOW_NAME,
         payment,
         id=workflow_id,

@@ -67,6 +67,7 @@ from ledger.models import (
     AccountSpec,
     Balance,
     EntryDraft,
+    EntryStatus,
     Finding,
     PostedEntry,
     Posting,
@@ -450,13 +451,22 @@ _ENTRIES_BY_METADATA = text(
 )
 
 
+# A pending entry's status follows the kind of the entry that resolved it (none yet: still pending).
+_PENDING_STATUS_BY_RESOLVER_KIND: dict[str | None, EntryStatus] = {
+    None: "pending",
+    "posted": "posted",
+    "void": "voided",
+}
+
+
 def _entry_from_row(row: Any, created: bool = False) -> PostedEntry:
+    status: EntryStatus
     if row.kind == "void":
         status = "voided"
     elif row.kind == "posted":
         status = "posted"
     else:
-        status = {None: "pending", "posted": "posted", "void": "voided"}[row.resolver_kind]
+        status = _PENDING_STATUS_BY_RESOLVER_KIND[row.resolver_kind]
     return PostedEntry(
         id=row.id,
         idempotency_key=row.idempotency_key,

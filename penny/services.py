@@ -188,7 +188,8 @@ class EmbeddedPostgres:
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            **run_as,  # type: ignore[arg-type]
+            user=run_as.get("user"),
+            group=run_as.get("group"),
         )
 
     def start(self, timeout_seconds: float = 60.0) -> None:
@@ -221,7 +222,8 @@ class EmbeddedPostgres:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=die_with_parent,
-            **run_as,  # type: ignore[arg-type]
+            user=run_as.get("user"),
+            group=run_as.get("group"),
         )
         if not self._wait_ready(timeout_seconds):
             self.stop()

@@ -3,6 +3,9 @@
 Labels are bounded: `type` is a Stripe event type only once the signature is verified (and
 normalised by `type_label`), `reason` comes from fixed sets. The API serves them on /metrics;
 the relay's figures live in the worker process (see README: the worker's metrics).
+
+A neutral module: the API's intake (`api/webhooks.py`) and the worker's relay activity
+(`activities/webhooks.py`) both count here, and nothing under `activities/` may import `api/`.
 """
 
 from __future__ import annotations

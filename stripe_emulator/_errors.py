@@ -49,7 +49,7 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
 
 
 def unexpected_state(
-    message: str, code: str = "payment_intent_unexpected_state", param: str | None = None
+    message: str, code: str | None = "payment_intent_unexpected_state", param: str | None = None
 ) -> StripeError:
     """The object is in the wrong state for the operation: execution began, so it is saved."""
     return StripeError(400, "invalid_request_error", message, code=code, param=param, saved=True)

@@ -23,6 +23,7 @@ AFTER_KINDS = ("error_500_after", "timeout_after")
 WEBHOOK_FAULT_KINDS = ("duplicate", "delay", "reorder", "drop", "bad_signature_extra")
 FAULTS_MAX = 1_000
 LATENCY_SECONDS_MAX = 600.0
+FAULT_PARAMS_MAX = 10
 
 
 def compile_path(pattern: str) -> re.Pattern[str]:
@@ -52,9 +53,14 @@ class FaultRule:
     latency_seconds: float | None
     fired: int = 0
     pattern: re.Pattern[str] = field(default=re.compile(""), repr=False)
+    # Only requests whose (top-level) parameters equal these match, e.g. {"destination": "acct_x"}:
+    # one connected account whose transfers fail while the others' succeed.
+    params: dict[str, str] = field(default_factory=dict)
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, params: dict[str, Any] | None = None) -> bool:
         if self.count is not None and self.fired >= self.count:
+            return False
+        if self.params and any(str((params or {}).get(name)) != value for name, value in self.params.items()):
             return False
         return self.method in ("*", "", method) and bool(self.pattern.match(path))
 
@@ -67,6 +73,8 @@ class FaultRule:
     def describe(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("pattern")
+        if not data["params"]:
+            data.pop("params")
         data["remaining"] = None if self.count is None else max(self.count - self.fired, 0)
         return data
 
@@ -125,6 +133,12 @@ class FaultRegistry:
     def clear_webhook(self) -> None:
         self.webhook_rules.clear()
 
+    def remove(self, rule_id: str) -> None:
+        self.rules[:] = [rule for rule in self.rules if rule.id != rule_id]
+
+    def remove_webhook(self, rule_id: str) -> None:
+        self.webhook_rules[:] = [rule for rule in self.webhook_rules if rule.id != rule_id]
+
     def add(self, body: dict[str, Any]) -> FaultRule:
         kind = body.get("kind")
         if kind not in API_FAULT_KINDS:
@@ -136,6 +150,15 @@ class FaultRegistry:
         if len(self.rules) >= FAULTS_MAX:
             raise invalid_request(f"At most {FAULTS_MAX} fault rules.")
         latency = _number(body, "latency_seconds", None, 0.0, LATENCY_SECONDS_MAX)
+        params = body.get("params") or {}
+        if (
+            not isinstance(params, dict)
+            or len(params) > FAULT_PARAMS_MAX
+            or not all(isinstance(key, str) and isinstance(value, str) for key, value in params.items())
+        ):
+            raise invalid_request(
+                f"params must be an object of at most {FAULT_PARAMS_MAX} string parameters", param="params"
+            )
         if kind == "latency" and latency is None:
             raise invalid_request("latency_seconds is required for latency faults", param="latency_seconds")
         rule = FaultRule(
@@ -147,6 +170,7 @@ class FaultRegistry:
             probability=_number(body, "probability", 1.0, 0.0, 1.0) or 0.0,
             latency_seconds=latency,
             pattern=compile_path(path),
+            params=dict(params),
         )
         self.rules.append(rule)
         return rule
@@ -169,7 +193,9 @@ class FaultRegistry:
         self.webhook_rules.append(rule)
         return rule
 
-    def before(self, method: str, path: str, rng: Random) -> tuple[FaultRule | None, float]:
+    def before(
+        self, method: str, path: str, rng: Random, params: dict[str, Any] | None = None
+    ) -> tuple[FaultRule | None, float]:
         """The first firing 429 / 500-before rule, and the summed latency of firing latency rules."""
         if not self.rules:
             return None, 0.0
@@ -177,15 +203,17 @@ class FaultRegistry:
         latency = 0.0
         for rule in self.rules:
             if rule.kind == "latency":
-                if rule.matches(method, path) and rule.draw(rng):
+                if rule.matches(method, path, params) and rule.draw(rng):
                     latency += rule.latency_seconds or 0.0
-            elif rule.kind in BEFORE_KINDS and outcome is None and rule.matches(method, path) and rule.draw(rng):
+            elif (
+                rule.kind in BEFORE_KINDS and outcome is None and rule.matches(method, path, params) and rule.draw(rng)
+            ):
                 outcome = rule
         return outcome, latency
 
-    def after(self, method: str, path: str, rng: Random) -> FaultRule | None:
+    def after(self, method: str, path: str, rng: Random, params: dict[str, Any] | None = None) -> FaultRule | None:
         for rule in self.rules:
-            if rule.kind in AFTER_KINDS and rule.matches(method, path) and rule.draw(rng):
+            if rule.kind in AFTER_KINDS and rule.matches(method, path, params) and rule.draw(rng):
                 return rule
         return None
 

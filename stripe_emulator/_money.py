@@ -50,7 +50,7 @@ def add_balance_transaction(
 ) -> dict[str, Any]:
     now = state.now()
     available_on = now + state.config.settlement_delay_seconds if pending else now
-    transaction = {
+    transaction: dict[str, Any] = {
         "id": state.new_id("txn"),
         "object": "balance_transaction",
         "amount": amount,

@@ -109,7 +109,7 @@ def resolve_payment_method(state: State, value: str, customer: str | None) -> di
         if existing is not None and existing["object"] == "payment_method":
             return existing
         raise resource_missing("PaymentMethod", value, param="payment_method")
-    method = {
+    method: dict[str, Any] = {
         "id": state.new_id("pm"),
         "object": "payment_method",
         "allow_redisplay": "unspecified",

@@ -222,20 +222,20 @@ class Emulator:
         except StripeError as error:
             await _respond(send, error.status, _dumps(error.body()), base_headers)
             return
-        before, latency_seconds = self.faults.before(method, path, state.rng)
+        before, latency_seconds = self.faults.before(method, path, state.rng, params)
         idempotency_key = headers.get("idempotency-key") if method == "POST" else None
         if before is not None:
             if latency_seconds:
                 await asyncio.sleep(latency_seconds)
-            error = rate_limited() if before.kind == "rate_limit_429" else api_error()
-            await _respond(send, error.status, _dumps(error.body()), base_headers)
+            injected = rate_limited() if before.kind == "rate_limit_429" else api_error()
+            await _respond(send, injected.status, _dumps(injected.body()), base_headers)
             return
         if idempotency_key is not None:
             base_headers.append((b"idempotency-key", idempotency_key.encode("latin-1", "replace")))
             replay = self._idempotency_check(idempotency_key, headers.get("stripe-account", ""), method, path, params)
             if replay is not None:
                 status, body, replay_headers = replay
-                after = self.faults.after(method, path, state.rng) if self.faults.rules else None
+                after = self.faults.after(method, path, state.rng, params) if self.faults.rules else None
                 if after is not None and after.kind == "error_500_after":
                     status, body = 500, _dumps(api_error().body())
                 await self._finish(send, receive, status, body, base_headers + replay_headers, after)
@@ -264,7 +264,7 @@ class Emulator:
                 self.config.strict_parameters,
             )
             status, body, saved = self._execute(route, call)
-            after = self.faults.after(method, path, state.rng) if saved and self.faults.rules else None
+            after = self.faults.after(method, path, state.rng, params) if saved and self.faults.rules else None
             if after is not None and after.kind == "error_500_after":
                 # As Stripe documents: a 500 returned once execution began is saved under the
                 # key and replayed, although the operation happened. Only a lookup finds it.
@@ -402,9 +402,10 @@ class Emulator:
                 faults.clear_webhook() if webhook else faults.clear()
                 return {"deleted": count}
             if method == "DELETE" and len(parts) == 2:
-                rules = faults.webhook_rules if webhook else faults.rules
-                kept = [rule for rule in rules if rule.id != parts[1]]
-                rules[:] = kept
+                if webhook:
+                    faults.remove_webhook(parts[1])
+                else:
+                    faults.remove(parts[1])
                 return {"deleted": True, "id": parts[1]}
         elif path == "/_emulator/reset" and method == "POST":
             state.reset()

@@ -25,9 +25,17 @@ class EmulatorControlError(RuntimeError):
 
 
 def _fault_body(
-    method: str, path: str, kind: str, count: int | None, probability: float | None, latency_seconds: float | None
+    method: str,
+    path: str,
+    kind: str,
+    count: int | None,
+    probability: float | None,
+    latency_seconds: float | None,
+    params: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"method": method, "path": path, "kind": kind, "count": count}
+    if params:
+        body["params"] = params
     if probability is not None:
         body["probability"] = probability
     if latency_seconds is not None:
@@ -83,10 +91,10 @@ class EmulatorControl:
         count: int | None = None,
         probability: float | None = None,
         latency_seconds: float | None = None,
+        params: dict[str, str] | None = None,
     ) -> str:
-        return str(
-            self._call("POST", "/faults", _fault_body(method, path, kind, count, probability, latency_seconds))["id"]
-        )
+        body = _fault_body(method, path, kind, count, probability, latency_seconds, params)
+        return str(self._call("POST", "/faults", body)["id"])
 
     def faults(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/faults")["data"])
@@ -185,8 +193,9 @@ class AsyncEmulatorControl:
         count: int | None = None,
         probability: float | None = None,
         latency_seconds: float | None = None,
+        params: dict[str, str] | None = None,
     ) -> str:
-        body = _fault_body(method, path, kind, count, probability, latency_seconds)
+        body = _fault_body(method, path, kind, count, probability, latency_seconds, params)
         return str((await self._call("POST", "/faults", body))["id"])
 
     async def faults(self) -> list[dict[str, Any]]:

@@ -8,6 +8,11 @@
 - `temporal_env` / `temporal_client` (session): the dev server started by
   `WorkflowEnvironment.start_local(dev_server_existing_path=...)` with Penny's search attributes.
 - `task_queue` (function): a fresh task queue per test.
+- End-of-session check: before the dev server stops, every workflow execution on it that
+  ended Failed or TimedOut fails the run (an error at teardown naming each one), unless the
+  test that caused it called `allow_workflow_failure(workflow_id)`. A payment workflow never
+  fails by design (DESIGN: "When things go wrong"), so such an execution is a bug even when
+  every assertion passed.
 """
 
 from __future__ import annotations
@@ -15,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecution, WorkflowHistoryEventFilterType
 from temporalio.testing import WorkflowEnvironment
 
 from penny.db import create_engine, migrate
@@ -79,6 +85,87 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await database_engine.dispose()
 
 
+# ----------------------------------------------------------------------------- failed workflows
+
+UNEXPECTED_END_QUERY = 'ExecutionStatus="Failed" OR ExecutionStatus="TimedOut"'
+# Visibility (what list_workflows reads) trails the executions: read until the answer has held
+# for VISIBILITY_STABLE_SECONDS, and never longer than VISIBILITY_SETTLE_SECONDS in all.
+VISIBILITY_SETTLE_SECONDS = 2.0
+VISIBILITY_STABLE_SECONDS = 0.5
+VISIBILITY_POLL_SECONDS = 0.25
+FAILED_EXECUTIONS_LISTED_MAX = 1000
+FAILED_EXECUTIONS_DESCRIBED_MAX = 20
+FAILURE_MESSAGE_LENGTH_MAX = 300
+
+# Workflow ids whose Failed or TimedOut end a test asked for (see `allow_workflow_failure`).
+_workflow_failures_allowed: set[str] = set()
+
+
+@pytest.fixture
+def allow_workflow_failure() -> Callable[[str], None]:
+    """`allow_workflow_failure(workflow_id)`: this test means that workflow to end Failed or
+    TimedOut, so the end-of-session check does not count it. Any other such execution on the
+    test Temporal server fails the run."""
+    return _workflow_failures_allowed.add
+
+
+async def _failed_or_timed_out(client: Client) -> list[WorkflowExecution]:
+    executions: list[WorkflowExecution] = []
+    async for execution in client.list_workflows(UNEXPECTED_END_QUERY, limit=FAILED_EXECUTIONS_LISTED_MAX):
+        executions.append(execution)
+    return executions
+
+
+async def unexpected_workflow_ends(client: Client) -> list[WorkflowExecution]:
+    """Executions on `client`'s namespace that ended Failed or TimedOut and no test allowed."""
+
+    def runs(executions: list[WorkflowExecution]) -> set[tuple[str, str]]:
+        return {(execution.id, execution.run_id) for execution in executions}
+
+    started = stable_since = time.monotonic()
+    executions = await _failed_or_timed_out(client)
+    while time.monotonic() - stable_since < VISIBILITY_STABLE_SECONDS:
+        if time.monotonic() - started >= VISIBILITY_SETTLE_SECONDS:
+            break
+        await asyncio.sleep(VISIBILITY_POLL_SECONDS)
+        again = await _failed_or_timed_out(client)
+        if runs(again) != runs(executions):
+            executions, stable_since = again, time.monotonic()
+    return [execution for execution in executions if execution.id not in _workflow_failures_allowed]
+
+
+async def _describe_end(client: Client, execution: WorkflowExecution) -> str:
+    """One line per execution: type, id, run, task queue, how it ended and, if it failed, why."""
+    status = execution.status.name if execution.status is not None else "UNKNOWN"
+    reason = ""
+    handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+    try:
+        async for event in handle.fetch_history_events(event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT):
+            if event.HasField("workflow_execution_failed_event_attributes"):
+                failure = event.workflow_execution_failed_event_attributes.failure
+                reason = f": {failure.message}"[:FAILURE_MESSAGE_LENGTH_MAX]
+    except Exception as error:  # the report must not hide the finding behind a lookup error
+        reason = f" (failure not readable: {type(error).__name__})"
+    return (
+        f"{execution.workflow_type} id={execution.id} run={execution.run_id} "
+        f"task_queue={execution.task_queue}: {status}{reason}"
+    )
+
+
+async def fail_on_unexpected_workflow_ends(client: Client) -> None:
+    unexpected = await unexpected_workflow_ends(client)
+    if not unexpected:
+        return
+    described = [await _describe_end(client, execution) for execution in unexpected[:FAILED_EXECUTIONS_DESCRIBED_MAX]]
+    if len(unexpected) > len(described):
+        described.append(f"... and {len(unexpected) - len(described)} more")
+    pytest.fail(
+        f"{len(unexpected)} workflow execution(s) ended Failed or TimedOut during the test session "
+        "without a test allowing it (allow_workflow_failure(workflow_id)):\n  " + "\n  ".join(described),
+        pytrace=False,
+    )
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     environment = await WorkflowEnvironment.start_local(
@@ -89,6 +176,9 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     try:
         yield environment
+        # Here, not in a separate autouse fixture: only sessions that started Temporal pay for
+        # the check, and it runs while the server (and its in-memory history) still exists.
+        await fail_on_unexpected_workflow_ends(environment.client)
     finally:
         await environment.shutdown()
 
@@ -122,7 +212,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # =============================================================================
 
 import threading  # noqa: E402
-import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import stripe  # noqa: E402

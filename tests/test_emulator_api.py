@@ -76,7 +76,8 @@ def test_validation_errors_have_stripe_codes(stripe_client: stripe.StripeClient)
 def test_request_id_header_and_id_prefixes(stripe_client: stripe.StripeClient) -> None:
     intent = _create_confirmed(stripe_client)
     assert intent.id.startswith("pi_") and intent.last_response is not None
-    assert intent.last_response.request_id.startswith("req_")
+    request_id = intent.last_response.request_id
+    assert request_id is not None and request_id.startswith("req_")
     charge = stripe_client.v1.charges.retrieve(str(intent.latest_charge))
     assert charge.id.startswith("ch_") and str(charge.balance_transaction).startswith("txn_")
 

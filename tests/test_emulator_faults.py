@@ -8,11 +8,12 @@ import uuid
 import httpx
 import pytest
 import stripe
+from stripe.params import PaymentIntentCreateParams
 
 from tests.conftest import RunningEmulator, emulator_stripe_client
 
 
-def _params() -> dict[str, object]:
+def _params() -> PaymentIntentCreateParams:
     return {
         "amount": 2_500,
         "currency": "usd",
@@ -41,9 +42,9 @@ def test_error_500_before_does_not_execute(emulator: RunningEmulator, stripe_cli
     with pytest.raises(stripe.APIError) as caught:
         stripe_client.v1.payment_intents.create(
             params=params, options={"idempotency_key": "before-" + uuid.uuid4().hex}
-        )  # type: ignore[arg-type]
+        )
     assert caught.value.http_status == 500
-    assert _by_order(emulator, params["metadata"]["order_id"]) == []  # type: ignore[index]
+    assert _by_order(emulator, params["metadata"]["order_id"]) == []
 
 
 def test_error_500_after_executes(emulator: RunningEmulator, stripe_client: stripe.StripeClient) -> None:
@@ -62,19 +63,19 @@ def test_timeout_after_commits_but_the_client_never_hears(emulator: RunningEmula
     params = _params()
     key = "timeout-" + uuid.uuid4().hex
     with pytest.raises(stripe.APIConnectionError):
-        client.v1.payment_intents.create(params=params, options={"idempotency_key": key})  # type: ignore[arg-type]
-    intents = _by_order(emulator, params["metadata"]["order_id"])  # type: ignore[index]
+        client.v1.payment_intents.create(params=params, options={"idempotency_key": key})
+    intents = _by_order(emulator, params["metadata"]["order_id"])
     assert len(intents) == 1 and intents[0]["status"] == "succeeded"
     # The retry with the same key gets the saved success, and nothing is charged twice.
-    retried = client.v1.payment_intents.create(params=params, options={"idempotency_key": key})  # type: ignore[arg-type]
+    retried = client.v1.payment_intents.create(params=params, options={"idempotency_key": key})
     assert retried.id == intents[0]["id"]
-    assert len(_by_order(emulator, params["metadata"]["order_id"])) == 1  # type: ignore[index]
+    assert len(_by_order(emulator, params["metadata"]["order_id"])) == 1
 
 
 def test_timeout_after_client_gives_up_first(emulator: RunningEmulator) -> None:
     emulator.control.add_fault("POST", "/v1/refunds", "timeout_after", count=1, latency_seconds=30)
     client = emulator_stripe_client(emulator.base_url)
-    intent = client.v1.payment_intents.create(params=_params())  # type: ignore[arg-type]
+    intent = client.v1.payment_intents.create(params=_params())
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{emulator.base_url}/v1/refunds",

@@ -112,6 +112,13 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(target=holds, seller=st.integers(0, 1), amount=st.integers(1, 800))
     def hold(self, seller: int, amount: int) -> int:
+        return self._hold(seller, amount)
+
+    def _hold(self, seller: int, amount: int) -> int:
+        """Place a hold; its entry id, or -1 when the seller's limit refused it.
+
+        Undecorated so other rules can call it: `@rule(target=...)` types its method as
+        returning either the value or `multiple(...)` results."""
         code = self.sellers[seller]
         draft = EntryDraft(self.new_key(), "hold", (Posting(code, amount, "USD"), Posting(self.cash, -amount, "USD")))
         if amount > self.available(code):
@@ -152,7 +159,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(seller=st.integers(0, 1), amount=st.integers(1, 800), fraction=st.integers(0, 100))
     def hold_then_resolve(self, seller: int, amount: int, fraction: int) -> None:
         """A hold resolved at once: captured for `fraction` percent of it, or voided when 0."""
-        hold_id = self.hold(seller, amount)
+        hold_id = self._hold(seller, amount)
         if hold_id < 0:
             return
         if fraction == 0:

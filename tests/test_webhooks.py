@@ -109,9 +109,12 @@ class WebhookSetup:
     control: AsyncEmulatorControl
 
     def post(self, body: bytes, header: str | bytes | None, **extra_headers: str) -> httpx.Response:
-        headers: dict[str, str | bytes] = {"Content-Type": "application/json", **extra_headers}
+        # All as bytes, so a fuzzed signature header goes out exactly as given; text is encoded
+        # as ASCII, as httpx itself would.
+        headers = {b"Content-Type": b"application/json"}
+        headers.update((name.encode("ascii"), value.encode("ascii")) for name, value in extra_headers.items())
         if header is not None:
-            headers["Stripe-Signature"] = header
+            headers[b"Stripe-Signature"] = header if isinstance(header, bytes) else header.encode("ascii")
         return httpx.post(self.api.webhook_url, content=body, headers=headers, timeout=10)
 
 

@@ -39,7 +39,7 @@ from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.payment_types import (
@@ -168,8 +168,9 @@ class StepFailed(Exception):
         self.details: dict[str, str] = {}
 
 
-def _failure(step: str, error: ActivityError) -> StepFailed:
-    cause = error.cause
+def _failure(step: str, error: FailureError) -> StepFailed:
+    # A remote activity's failure arrives as ActivityError(cause); a local one's may arrive bare.
+    cause = error.cause if isinstance(error, ActivityError) else error
     error_type = cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
     failure = StepFailed(step, error_type, str(cause or error))
     if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
@@ -581,7 +582,7 @@ class PaymentWorkflow:
                 start_to_close_timeout=DATABASE_ACTIVITY_TIMEOUT,
                 retry_policy=database_retry(self._timings()),
             )
-        except ActivityError as error:
+        except FailureError as error:
             raise _failure(step, error) from None
 
     async def _stripe(self, step: str, argument: object, result_type: type[ResultT]) -> ResultT:
@@ -594,7 +595,7 @@ class PaymentWorkflow:
                 start_to_close_timeout=timedelta(seconds=timings.stripe_call_timeout_seconds),
                 retry_policy=stripe_retry(timings),
             )
-        except ActivityError as error:
+        except FailureError as error:
             raise _failure(step, error) from None
 
     async def _stripe_post(
@@ -780,6 +781,10 @@ class PaymentWorkflow:
             resolution=resolution,
         )
         if applied:
+            if plan.row.stripe_payment_intent_id is not None:
+                state.stripe_payment_intent_id = plan.row.stripe_payment_intent_id
+            if plan.row.stripe_charge_id is not None:
+                state.stripe_charge_id = plan.row.stripe_charge_id
             if plan.amount_captured is not None:
                 state.amount_captured = plan.amount_captured
             if plan.amount_capturable is not None:
