@@ -44,6 +44,13 @@ SANDBOX_PASSTHROUGH_MODULES = (
     "workflows.state_machine",
     "workflows.payment_core",
     "workflows.ids",
+    # The payment workflow's shell and step mixins, and the frozen pre-patch class: workflow
+    # code without module-level state, so one import serves every run.
+    "workflows.payment_shell",
+    "workflows.payment_charge",
+    "workflows.payment_disbursement",
+    "workflows.payment_events",
+    "workflows.payment_legacy",
     "workflows.search_attributes",
     "activities.payment_types",
     "activities.stripe_types",

@@ -1,0 +1,143 @@
+"""Stripe events (webhooks delivered as signals): re-fetched, applied forward only, or recorded as ignored.
+
+Deterministic workflow code (a mixin of PaymentWorkflow): no I/O outside `workflow.*`.
+"""
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.payment_types import (
+        RecordIgnoredInput,
+    )
+    from activities.stripe_types import (
+        IntentSnapshot,
+    )
+
+from workflows import payment_core as core
+from workflows.payment_disbursement import DisbursementSteps
+from workflows.payment_models import (
+    StripeEventSignal,
+)
+from workflows.payment_shell import CHARGED_STATUSES, PROCESSED_EVENT_IDS_MAX, E, S, StepFailed
+from workflows.state_machine import decide
+
+
+class EventSteps(DisbursementSteps):
+    async def _drain_events(self) -> None:
+        while self._events:
+            event = self._events.pop(0)
+            # Marked before handling: a duplicate signal arriving while this one is handled (its
+            # activities run) would otherwise be queued and handled a second time.
+            state = self._require_state()
+            state.processed_event_ids.append(event.event_id)
+            del state.processed_event_ids[:-PROCESSED_EVENT_IDS_MAX]
+            async with self._lock:
+                try:
+                    await self._handle_event(event)
+                except StepFailed as failure:
+                    await self._review_failure(failure, stripe_event_id=event.event_id)
+
+    async def _handle_event(self, event: StripeEventSignal) -> None:
+        state = self._require_state()
+        kind = event.type
+        if kind.startswith("payment_intent."):
+            await self._handle_intent_event(event)
+        elif kind in ("balance.available", "payout.paid", "payout.reconciliation_completed"):
+            state.settlement_hint = True
+        elif kind.startswith("transfer."):
+            await self._handle_transfer_event(event)
+        elif kind == "charge.dispute.created":
+            if not await self._transition(
+                E.DISPUTE_OPENED,
+                actor="stripe-webhook",
+                reason=kind,
+                stripe_event_id=event.event_id,
+                from_processor=True,
+            ):
+                await self._ignore(event, f"dispute opened while {state.status}")
+        elif kind == "charge.dispute.closed":
+            won = event.status == "won"
+            if not await self._transition(
+                E.DISPUTE_WON if won else E.DISPUTE_LOST,
+                actor="stripe-webhook",
+                reason=f"dispute {event.status}",
+                stripe_event_id=event.event_id,
+                from_processor=True,
+            ):
+                await self._ignore(event, f"dispute closed while {state.status}")
+        else:
+            await self._ignore(event, f"{kind} needs no action from the payment workflow")
+
+    async def _handle_intent_event(self, event: StripeEventSignal) -> None:
+        state = self._require_state()
+        if state.stripe_payment_intent_id is not None and event.object_id != state.stripe_payment_intent_id:
+            other = await self._stripe("stripe_retrieve_payment_intent", event.object_id, IntentSnapshot)
+            if other.status in CHARGED_STATUSES and (state.stripe_status in CHARGED_STATUSES):
+                raise StepFailed(
+                    "webhook",
+                    "DuplicateCharge",
+                    f"PaymentIntents {state.stripe_payment_intent_id} and {other.id} of this order both moved money",
+                    kind="duplicate_charge",
+                    resume="refund the extra PaymentIntent at Stripe, then resolve with `retry`",
+                )
+            await self._ignore(event, f"event for another PaymentIntent {event.object_id} ({other.status})")
+            return
+        current = S(state.status)
+        claimed = core.INTENT_STATUS_EVENTS.get(event.status or "")
+        if (
+            claimed is not None
+            and current not in core.PRE_CAPTURE
+            and current not in (S.NEEDS_REVIEW, S.FAILED, S.CANCELED)
+            and not decide(current, claimed, from_processor=True).allowed
+        ):
+            # Even if Stripe's truth were further along, this event cannot move the payment:
+            # no need to ask Stripe (FAILED/CANCELED still ask, to catch contradictions).
+            await self._ignore(event, f"stale: payment already {current} (event says {event.status})")
+            return
+        # The event's object may be stale: re-retrieve the PaymentIntent before acting.
+        intent = await self._stripe("stripe_retrieve_payment_intent", event.object_id, IntentSnapshot)
+        if current in (S.FAILED, S.CANCELED) and intent.status in CHARGED_STATUSES:
+            state.stripe_status = intent.status
+            raise StepFailed(
+                "webhook",
+                "Contradiction",
+                f"Stripe reports {intent.status} for a payment Penny marked {current}",
+                kind="contradiction",
+                resume="refund or cancel at Stripe, then resolve",
+            )
+        if not await self._apply_intent(
+            intent, actor="stripe-webhook", reason=event.type, stripe_event_id=event.event_id
+        ):
+            await self._ignore(event, f"stale: payment already {state.status} (Stripe says {intent.status})")
+
+    async def _handle_transfer_event(self, event: StripeEventSignal) -> None:
+        """A transfer Stripe reports: if it pays a recipient Penny has not recorded, record and book it."""
+        state = self._require_state()
+        unpaid = [record for record in state.transfers if record.transfer_id is None]
+        if not unpaid or S(state.status) not in (S.CAPTURED, S.NEEDS_REVIEW):
+            await self._ignore(event, "every transfer of this payment is recorded")
+            return
+        recorded = 0
+        for record in unpaid:
+            found = await self._find_transfer(record)
+            if found is not None:
+                await self._record_transfer(record, found)
+                recorded += 1
+        if recorded == 0:
+            await self._ignore(event, f"transfer {event.object_id} pays no unpaid recipient of this payment")
+
+    async def _ignore(self, event: StripeEventSignal, reason: str) -> None:
+        state = self._require_state()
+        self._note(f"ignored {event.type} ({event.event_id}): {reason}")
+        await self._db(
+            "record_ignored_event",
+            RecordIgnoredInput(
+                record_id=f"{state.payment_id}:ignored:{event.event_id}",
+                payment_id=state.payment_id,
+                status=state.status,
+                event=event.type,
+                reason=reason,
+                stripe_event_id=event.event_id,
+            ),
+            bool,
+        )
