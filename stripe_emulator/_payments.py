@@ -774,6 +774,28 @@ def complete_action(state: State, intent_id: str, outcome: str) -> dict[str, Any
     return intent
 
 
+STATUS_OVERRIDE_LENGTH_MAX = 50
+
+
+def override_status(state: State, intent_id: str, status: str) -> dict[str, Any]:
+    """Test hook: the PaymentIntent reports `status` from now on, whatever it is.
+
+    Simulates Stripe answering with a status the client does not know (a newer API version's
+    status) or an inconsistent one. Only the reported status changes: no money moves and no
+    event is sent. `reset` restores the real status (the one before the first override).
+    """
+    intent = state.get("payment_intent", intent_id, "intent")
+    if not isinstance(status, str) or not 1 <= len(status) <= STATUS_OVERRIDE_LENGTH_MAX:
+        raise invalid_request(
+            f"status must be a string of 1 to {STATUS_OVERRIDE_LENGTH_MAX} characters", param="status"
+        )
+    private = state.private_of(intent["id"])
+    private.setdefault("status_before_override", intent["status"])
+    intent["status"] = private["status_before_override"] if status == "reset" else status
+    state.dirty = True
+    return intent
+
+
 # --------------------------------------------------------------------------- search
 
 _CLAUSE = re.compile(

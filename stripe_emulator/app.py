@@ -449,6 +449,8 @@ class Emulator:
             return {"idle": self.dispatcher is None or self.dispatcher.idle()}
         elif len(parts) == 3 and head == "payment_intents" and parts[2] == "complete_action" and method == "POST":
             return _payments.complete_action(state, parts[1], str(body.get("outcome", "")))
+        elif len(parts) == 3 and head == "payment_intents" and parts[2] == "override_status" and method == "POST":
+            return _payments.override_status(state, parts[1], str(body.get("status", "")))
         elif len(parts) == 3 and head == "disputes" and parts[2] == "close" and method == "POST":
             return _payments.close_dispute(state, parts[1], str(body.get("outcome", "")))
         elif len(parts) == 3 and head == "webhook_endpoints" and parts[2] == "roll_secret" and method == "POST":

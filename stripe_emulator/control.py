@@ -149,6 +149,10 @@ class EmulatorControl:
     def complete_action(self, pi_id: str, outcome: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/payment_intents/{pi_id}/complete_action", {"outcome": outcome}))
 
+    def override_intent_status(self, pi_id: str, status: str) -> dict[str, Any]:
+        """The PaymentIntent reports `status` from now on ("reset" restores the real one)."""
+        return dict(self._call("POST", f"/payment_intents/{pi_id}/override_status", {"status": status}))
+
     def close_dispute(self, dp_id: str, outcome: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/disputes/{dp_id}/close", {"outcome": outcome}))
 
@@ -247,6 +251,10 @@ class AsyncEmulatorControl:
 
     async def complete_action(self, pi_id: str, outcome: str) -> dict[str, Any]:
         return dict(await self._call("POST", f"/payment_intents/{pi_id}/complete_action", {"outcome": outcome}))
+
+    async def override_intent_status(self, pi_id: str, status: str) -> dict[str, Any]:
+        """The PaymentIntent reports `status` from now on ("reset" restores the real one)."""
+        return dict(await self._call("POST", f"/payment_intents/{pi_id}/override_status", {"status": status}))
 
     async def close_dispute(self, dp_id: str, outcome: str) -> dict[str, Any]:
         return dict(await self._call("POST", f"/disputes/{dp_id}/close", {"outcome": outcome}))

@@ -10,6 +10,7 @@ import pytest
 import stripe
 from stripe.params import PaymentIntentCreateParams
 
+from stripe_emulator.control import EmulatorControlError
 from tests.conftest import RunningEmulator, emulator_stripe_client
 
 
@@ -133,3 +134,46 @@ async def test_async_control_client(emulator: RunningEmulator) -> None:
         assert await control.faults() == []
         assert "now" in await control.clock()
         assert isinstance(await control.payment_intents(), list)
+
+
+def test_fault_matching_a_parameter_hits_only_that_account(
+    emulator: RunningEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    """One connected account whose transfers fail while the others' go through."""
+    flaky, healthy = "acct_flaky" + uuid.uuid4().hex[:8], "acct_ok" + uuid.uuid4().hex[:8]
+    fault = emulator.control.add_fault("POST", "/v1/transfers", "error_500_before", params={"destination": flaky})
+    [rule] = [rule for rule in emulator.control.faults() if rule["id"] == fault]
+    assert rule["params"] == {"destination": flaky}
+    group = f"group_{uuid.uuid4().hex[:8]}"
+    paid = stripe_client.v1.transfers.create(
+        {"amount": 100, "currency": "usd", "destination": healthy, "transfer_group": group}
+    )
+    assert paid.destination == healthy
+    with pytest.raises(stripe.APIError):
+        stripe_client.v1.transfers.create(
+            {"amount": 100, "currency": "usd", "destination": flaky, "transfer_group": group}
+        )
+    emulator.control.remove_fault(fault)
+    recovered = stripe_client.v1.transfers.create(
+        {"amount": 100, "currency": "usd", "destination": flaky, "transfer_group": group}
+    )
+    assert recovered.destination == flaky
+    listed = stripe_client.v1.transfers.list({"transfer_group": group})
+    assert sorted(transfer.destination for transfer in listed.data) == sorted([healthy, flaky])
+
+
+def test_fault_params_must_be_strings(emulator: RunningEmulator) -> None:
+    with pytest.raises(EmulatorControlError, match="params must be an object"):
+        emulator.control._call(
+            "POST", "/faults", {"method": "POST", "path": "/v1/transfers", "kind": "error_500_before", "params": [1]}
+        )
+
+
+def test_override_status_reports_a_status_and_reset_restores_it(
+    emulator: RunningEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    intent = stripe_client.v1.payment_intents.create(_params())
+    emulator.control.override_intent_status(intent.id, "requires_reauthorization")
+    assert stripe_client.v1.payment_intents.retrieve(intent.id).status == "requires_reauthorization"
+    emulator.control.override_intent_status(intent.id, "reset")
+    assert stripe_client.v1.payment_intents.retrieve(intent.id).status == intent.status

@@ -566,6 +566,26 @@ async def test_why9_two_charged_payment_intents_for_one_order_open_a_review(paym
     assert REGISTRY.get_sample_value("penny_duplicate_charges_total") == counted + 1
 
 
+async def test_why9_unknown_payment_intent_status_goes_to_review_after_named_polls(payment_stack: PaymentStack) -> None:
+    timings = replace(FAST_TIMINGS, unknown_status_polls_max=3)
+    payment = new_order(payment_method="pm_card_authenticationRequired", timings=timings)
+    state, handle = await start(payment_stack, payment)
+    assert state.status == "REQUIRES_ACTION" and state.stripe_payment_intent_id is not None
+    payment_stack.emulator.control.override_intent_status(state.stripe_payment_intent_id, "requires_reauthorization")
+    state = await wait_for_status(handle, "NEEDS_REVIEW")
+    assert state.unknown_status_polls == 3
+    [item] = await review_items(payment_stack, state.payment_id)
+    assert item.kind == "unknown_status" and "requires_reauthorization" in item.reason
+    assert item.details["status_before"] == "REQUIRES_ACTION"
+    assert await running(handle)
+    # Stripe's real status comes back; the operator resumes and the customer can still finish.
+    payment_stack.emulator.control.override_intent_status(state.stripe_payment_intent_id, "reset")
+    assert (await resolve(handle, "retry")).status == "REQUIRES_ACTION"
+    payment_stack.emulator.control.complete_action(state.stripe_payment_intent_id, "succeed")
+    captured = await wait_for_status(handle, "CAPTURED", "SETTLED")
+    assert captured.amount_captured == payment.amount
+
+
 # ---------------------------------------------------------------------------------------- Why 11
 
 

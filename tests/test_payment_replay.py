@@ -6,12 +6,16 @@
 - A payment run now replays too (the current code is deterministic).
 
 To record new histories: `PENNY_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_payment_replay.py`.
+They are written as `<RECORDING_PREFIX><name>.json`, next to the older ones, which stay: the
+histories without a prefix were recorded before patch `fault-paths-v2` and replay through
+the frozen LegacyPaymentWorkflow; the `fault_paths_v2_` ones replay through the current code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,12 +23,20 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from tests.payment_fixtures import PaymentStack
-from tests.test_payment_workflow import new_order, settle, start
+from tests.test_payment_workflow import new_order, settle, start, wait_for_status
 from workflows.health import HealthCheckWorkflow
 from workflows.payment import PaymentWorkflow
-from workflows.payment_models import UPDATE_CAPTURE, CaptureRequest, PaymentState
+from workflows.payment_models import (
+    UPDATE_CAPTURE,
+    UPDATE_RESOLVE_REVIEW,
+    CaptureRequest,
+    PaymentState,
+    ResolveReviewRequest,
+    SplitRecipientSpec,
+)
 
 HISTORIES = Path(__file__).parent / "histories"
+RECORDING_PREFIX = "fault_paths_v2_"
 
 
 def recorded_histories() -> list[Path]:
@@ -42,7 +54,9 @@ async def test_recorded_history_replays(history_file: Path) -> None:
 
 
 def test_histories_are_recorded() -> None:
-    assert len(recorded_histories()) >= 2, "tests/histories must hold recorded payment histories"
+    names = [path.stem for path in recorded_histories()]
+    assert len([name for name in names if not name.startswith(RECORDING_PREFIX)]) >= 2, "pre-patch histories"
+    assert len([name for name in names if name.startswith(RECORDING_PREFIX)]) >= 4, "current-code histories"
 
 
 async def _replay_and_maybe_record(stack: PaymentStack, workflow_id: str, name: str) -> None:
@@ -50,7 +64,7 @@ async def _replay_and_maybe_record(stack: PaymentStack, workflow_id: str, name: 
     history = await handle.fetch_history()
     await replayer().replay_workflow(history)
     if os.environ.get("PENNY_RECORD_HISTORIES"):
-        (HISTORIES / f"{name}.json").write_text(history.to_json())
+        (HISTORIES / f"{RECORDING_PREFIX}{name}.json").write_text(history.to_json())
 
 
 async def test_fresh_automatic_payment_replays(payment_stack: PaymentStack) -> None:
@@ -83,3 +97,24 @@ async def test_fresh_uncertain_create_replays(payment_stack: PaymentStack) -> No
     _state, handle = await start(payment_stack, payment)
     await settle(payment_stack, handle)
     await _replay_and_maybe_record(payment_stack, handle.id, "uncertain_create_found_by_lookup")
+
+
+async def test_fresh_review_and_operator_retry_replays(payment_stack: PaymentStack) -> None:
+    """Transfers to one recipient fail past their rounds: review; the operator's retry pays it; settled."""
+    payment = new_order(
+        recipients=[
+            SplitRecipientSpec(f"acct_s{uuid.uuid4().hex[:8]}", share_bps=6000),
+            SplitRecipientSpec(f"acct_d{uuid.uuid4().hex[:8]}", share_bps=4000),
+        ]
+    )
+    failing = payment_stack.emulator.control.add_fault(
+        "POST", "/v1/transfers", "error_500_before", params={"destination": payment.recipients[1].account_id}
+    )
+    _state, handle = await start(payment_stack, payment)
+    await wait_for_status(handle, "NEEDS_REVIEW")
+    payment_stack.emulator.control.remove_fault(failing)
+    await handle.execute_update(
+        UPDATE_RESOLVE_REVIEW, ResolveReviewRequest("retry", "recipient fixed", "olga"), result_type=PaymentState
+    )
+    await settle(payment_stack, handle)
+    await _replay_and_maybe_record(payment_stack, handle.id, "transfer_review_operator_retry_settled")
