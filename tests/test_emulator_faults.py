@@ -159,7 +159,7 @@ def test_fault_matching_a_parameter_hits_only_that_account(
     )
     assert recovered.destination == flaky
     listed = stripe_client.v1.transfers.list({"transfer_group": group})
-    assert sorted(transfer.destination for transfer in listed.data) == sorted([healthy, flaky])
+    assert sorted(str(transfer.destination) for transfer in listed.data) == sorted([healthy, flaky])
 
 
 def test_fault_params_must_be_strings(emulator: RunningEmulator) -> None:
