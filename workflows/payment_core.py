@@ -114,7 +114,8 @@ def plan_for_intent(state: PaymentState, intent: IntentSnapshot, reason: str) ->
         return Plan(event, reason, ledger, row, amount_captured=intent.amount_received, amount_capturable=0)
     if event is E.AUTHORIZED:
         row.amount_capturable = intent.amount_capturable
-        ledger = [LedgerAction("authorization_hold", amount=intent.amount_capturable)]
+        # One hold per payment: a payment that already holds one (e.g. back from review) books none.
+        ledger = [] if held_before(state) else [LedgerAction("authorization_hold", amount=intent.amount_capturable)]
         return Plan(event, reason, ledger, row, amount_capturable=intent.amount_capturable)
     if event is E.DECLINED:
         code = intent.failure_code or "payment_failed"
@@ -187,7 +188,11 @@ def plan_resolution(state: PaymentState, resolution: str, intent: IntentSnapshot
         target, needs = RESOLUTION_REQUIRES[resolution]
         if stripe_status not in needs:
             return Refusal(f"cannot resolve as {resolution}: {said}")
-    if RANK[target] < RANK[before]:
+    if before in MONEY_CAPTURED and target in (S.FAILED, S.CANCELED):
+        return Refusal(f"the payment was {before}: money was captured, so it cannot end {target} (refund it)")
+    if before not in PRE_CAPTURE and RANK[target] < RANK[before]:
+        # Before capture Stripe's state decides (a create that was uncertain may turn out to need
+        # the customer's action); from AUTHORIZED on, a payment never moves back.
         return Refusal(f"cannot move the payment back from {before} to {target}")
     return _resolution_plan(state, target, before, intent, f"{resolution}: {said}")
 
@@ -212,6 +217,13 @@ def _resolution_plan(
         plan.ledger = [LedgerAction("release_hold")]
         plan.row.amount_capturable = 0
         plan.amount_capturable = 0
+    if target is S.FAILED:
+        code = (intent.failure_code if intent is not None else None) or (
+            "payment_failed" if intent is not None else "failed_by_operator"
+        )
+        plan.row.failure_code = plan.failure_code = code
+        message = intent.failure_message if intent is not None else None
+        plan.row.failure_message = plan.failure_message = message or reason
     if target is S.PROCESSING and intent is None:
         plan.charge_requested = True
     return plan
