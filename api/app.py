@@ -110,7 +110,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.payment_timings = payment_timings
+    app.state.payment_timings = payment_timings or settings.payment_timings_override
     app.state.temporal = temporal_client
 
     async def temporal(request_app: Any = None) -> Client | None:

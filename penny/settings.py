@@ -13,12 +13,16 @@ Conventions:
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workflows.payment_models import PaymentTimings
 
 PLACEHOLDER_STRIPE_API_KEY = "sk_test_penny_placeholder"
 PLACEHOLDER_WEBHOOK_SECRET = "whsec_penny_placeholder"
@@ -153,6 +157,12 @@ class Settings(BaseSettings):
         "USD,EUR,GBP,CAD,AUD,CHF,SEK,NOK,DKK,JPY",
         description="Comma-separated ISO 4217 codes the API accepts.",
     )
+    payment_timings: str = Field(
+        "",
+        description="JSON object overriding the waits of payments the API starts (workflows.payment_models."
+        'PaymentTimings fields, e.g. {"settlement_poll_interval_seconds": 5}); empty: production defaults. '
+        "For tests and chaos runs.",
+    )
     max_body_bytes: int = Field(
         65536,
         ge=1024,
@@ -189,6 +199,17 @@ class Settings(BaseSettings):
                 "or a slow request's key would be taken over while it still runs"
             )
         return self
+
+    @field_validator("payment_timings")
+    @classmethod
+    def _known_payment_timings(cls, value: str) -> str:
+        if value.strip():
+            payment_timings_from_json(value)
+        return value
+
+    @property
+    def payment_timings_override(self) -> PaymentTimings | None:
+        return payment_timings_from_json(self.payment_timings) if self.payment_timings.strip() else None
 
     @property
     def currencies(self) -> frozenset[str]:
@@ -234,3 +255,23 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def payment_timings_from_json(text: str) -> PaymentTimings:
+    """PaymentTimings with the fields a JSON object names; unknown names and non-positive values are refused."""
+    try:
+        overrides = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"PENNY_PAYMENT_TIMINGS is not JSON: {error}") from error
+    if not isinstance(overrides, dict):
+        raise ValueError("PENNY_PAYMENT_TIMINGS must be a JSON object")
+    known = {item.name: item.type for item in fields(PaymentTimings)}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"PENNY_PAYMENT_TIMINGS names unknown fields: {', '.join(unknown)}")
+    for name, value in overrides.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"PENNY_PAYMENT_TIMINGS.{name} must be a non-negative number")
+        if "int" in str(known[name]) and not isinstance(value, int):
+            raise ValueError(f"PENNY_PAYMENT_TIMINGS.{name} must be an integer")
+    return replace(PaymentTimings(), **overrides)

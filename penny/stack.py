@@ -5,16 +5,33 @@ the Temporal dev server (persistent SQLite, Web UI, Penny's search attributes), 
 emulator, the worker and the API. Each child runs in its own process group, logs to
 `<data dir>/logs/<name>.log`, and is stopped (then killed if it lingers) in reverse order on
 Ctrl-C or SIGTERM, so nothing is left behind.
+
+Once started, `poll()` (called by `penny dev` every POLL_INTERVAL_SECONDS) keeps the children
+running through a `Supervisor`: a Temporal dev server, emulator, worker or API that exits is
+restarted with backoff, and the stack gives up (`ServiceError`) when one crashes more than
+RESTARTS_MAX times within RESTART_WINDOW_SECONDS. None of them keeps anything in memory that a
+restart of `penny dev` would not lose anyway: the Temporal dev server and the emulator keep
+their state in SQLite files, which survive a crash. PostgreSQL is not restarted: it is started
+by `EmbeddedPostgres` (as another user when we are root), a crashed postmaster can leave
+backends holding its shared memory so that an immediate restart fails, and the ledger's
+database dying deserves a person's attention; its exit stops the stack.
+
+For programs (a chaos test): `kill(name, signal)` ends a child on purpose (it is restarted at
+once, never counted as a crash), `pids()` names the current processes, `add_worker()` and
+`remove_worker(name)` run and stop extra workers on the same task queue, and
+`supervise_until(condition, timeout_seconds)` keeps supervising while waiting. Call them from
+the thread that called `start()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
+import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +41,10 @@ from penny.db import migrate
 from penny.services import (
     EmbeddedPostgres,
     ServiceError,
-    die_with_parent,
+    SupervisedChild,
+    Supervisor,
+    describe_exit_code,
     port_is_free,
-    stop_process,
     temporal_dev_server_command,
     wait_for_port,
 )
@@ -41,6 +59,9 @@ WEBHOOK_SECRET_FILE = "webhook_secret"
 DEV_KEY_FILE = "dev_api_key"
 WEBHOOK_ENDPOINT_FILE = "webhook_endpoint_id"
 WEBHOOK_REGISTRATION_TIMEOUT_SECONDS = 10.0
+PRIMARY_WORKER = "worker"
+# Extra workers (add_worker) are named worker-2, worker-3, ...; bounded like everything else.
+EXTRA_WORKERS_MAX = 16
 
 
 def say(message: str) -> None:
@@ -48,17 +69,11 @@ def say(message: str) -> None:
 
 
 @dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-
-@dataclass
 class Stack:
     settings: Settings
     postgres: EmbeddedPostgres | None = None
-    children: list[Child] = field(default_factory=list)
+    supervisor: Supervisor = field(default_factory=lambda: Supervisor(report=say))
+    extra_workers: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     webhook_secret: str | None = None
     dev_api_key: str | None = None
@@ -96,6 +111,10 @@ class Stack:
         environment.update(
             {
                 "PENNY_DATA_DIR": str(s.data_dir),
+                "PENNY_HOST": s.host,
+                "PENNY_API_PORT": str(s.api_port),
+                "PENNY_EMULATOR_PORT": str(s.emulator_port),
+                "PENNY_WORKER_METRICS_PORT": str(s.worker_metrics_port),
                 "DATABASE_URL": s.effective_database_url,
                 "TEMPORAL_ADDRESS": s.effective_temporal_address,
                 "TEMPORAL_NAMESPACE": s.temporal_namespace,
@@ -113,26 +132,18 @@ class Stack:
         environment["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + existing_path if existing_path else "")
         return environment
 
-    def _spawn(self, name: str, command: list[str]) -> Child:
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.logs_dir / f"{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - the child owns it
-        process = subprocess.Popen(
+    def _spawn(
+        self, name: str, command: list[str], environment: Callable[[], dict[str, str]] | None = None
+    ) -> SupervisedChild:
+        return self.supervisor.start(
+            name,
             command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.child_environment(),
+            log_path=self.logs_dir / f"{name}.log",
+            environment=environment or self.child_environment,
             cwd=PROJECT_ROOT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
         )
-        log_file.close()
-        child = Child(name, process, log_path)
-        self.children.append(child)
-        return child
 
-    def _wait_http(self, child: Child, url: str) -> None:
+    def _wait_http(self, child: SupervisedChild, url: str) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
@@ -213,7 +224,7 @@ class Stack:
             say(f"  ✓ Stripe         configured: {s.effective_stripe_api_base}")
 
         began = self._step("starting the worker")
-        worker = self._spawn("worker", [sys.executable, str(PROJECT_ROOT / "worker.py")])
+        worker = self._spawn(PRIMARY_WORKER, [sys.executable, str(PROJECT_ROOT / "worker.py")])
         asyncio.run(self._wait_worker(worker))
         self._done(f"worker         task queue {s.temporal_task_queue!r}", began)
 
@@ -285,7 +296,7 @@ class Stack:
         os.chmod(log_path, 0o666)  # written by the postgres system user when we run as root
         return log_path
 
-    async def _wait_worker(self, worker: Child) -> None:
+    async def _wait_worker(self, worker: SupervisedChild) -> None:
         """The worker is healthy when it completes a real workflow (Temporal → worker → Postgres)."""
         from temporalio.client import Client
 
@@ -310,20 +321,79 @@ class Stack:
                 continue
         raise ServiceError(f"worker did not complete a health check; see {worker.log_path}")
 
-    def first_dead_child(self) -> Child | None:
-        for child in self.children:
-            if child.process.poll() is not None:
-                return child
-        if self.postgres is not None and self.postgres.process is not None and self.postgres.process.poll() is not None:
-            return Child("postgres", self.postgres.process, self._postgres_log())
-        return None
+    def poll(self) -> None:
+        """One round of supervision: restart children that exited (after their backoff).
+        Raises ServiceError when PostgreSQL exited or a child crashed too often."""
+        postgres = self.postgres.process if self.postgres is not None else None
+        if postgres is not None and postgres.poll() is not None:
+            raise ServiceError(
+                f"PostgreSQL exited unexpectedly with code {describe_exit_code(postgres.returncode)}; "
+                f"penny dev does not restart it. See {self._postgres_log()}"
+            )
+        self.supervisor.poll()
+
+    def supervise_until(self, condition: Callable[[], bool], timeout_seconds: float) -> bool:
+        """Keep supervising until `condition()` holds (True) or `timeout_seconds` pass (False)."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            self.poll()
+            if condition():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL_SECONDS)
+
+    def pids(self) -> dict[str, int | None]:
+        """The pid of each part by name ("postgres", "temporal", "emulator", "worker", "api", then
+        extra workers), in start order; None for a child waiting to be restarted."""
+        found: dict[str, int | None] = {}
+        if self.postgres is not None and self.postgres.process is not None:
+            process = self.postgres.process
+            found["postgres"] = process.pid if process.poll() is None else None
+        found.update(self.supervisor.pids())
+        return found
+
+    def kill(self, name: str, signal_number: int = signal.SIGKILL) -> int:
+        """Send `signal_number` to child `name` (its whole process group) on purpose; return the
+        pid signalled. The next `poll()` after it exits restarts it at once; intentional restarts
+        never count toward giving up. PostgreSQL is not supervised, so it cannot be killed here."""
+        return self.supervisor.kill(name, signal_number)
+
+    def add_worker(self) -> str:
+        """Start one more worker process on the same task queue; return its name (worker-2, ...).
+        It is supervised like the first worker. Its Prometheus endpoint is off (the port is the
+        first worker's); the webhook relay is one workflow per task queue, shared by all workers."""
+        if len(self.extra_workers) >= EXTRA_WORKERS_MAX:
+            raise ServiceError(f"already {EXTRA_WORKERS_MAX} extra workers (EXTRA_WORKERS_MAX)")
+        number = 2
+        while f"{PRIMARY_WORKER}-{number}" in self.supervisor.names():
+            number += 1
+        name = f"{PRIMARY_WORKER}-{number}"
+
+        def environment() -> dict[str, str]:
+            return {**self.child_environment(), "PENNY_WORKER_METRICS_PORT": "0"}
+
+        child = self._spawn(name, [sys.executable, str(PROJECT_ROOT / "worker.py")], environment)
+        self.extra_workers.append(name)
+        say(f"  ✓ {name}  started (pid {child.process.pid}) on task queue {self.settings.temporal_task_queue!r}")
+        return name
+
+    def remove_worker(self, name: str) -> None:
+        """Stop an extra worker started by `add_worker()` (SIGTERM: it finishes in-flight tasks)
+        and stop supervising it. The first worker is part of the stack and stays."""
+        if name not in self.extra_workers:
+            extra = ", ".join(self.extra_workers) or "none"
+            raise ServiceError(f"{name!r} is not an extra worker started by add_worker() (extra workers: {extra})")
+        self.extra_workers.remove(name)
+        self.supervisor.remove(name)
+        say(f"  ✓ stopped {name}")
 
     def stop(self) -> None:
         say("Stopping Penny …")
-        for child in reversed(self.children):
-            stop_process(child.process)
-            say(f"  ✓ stopped {child.name}")
-        self.children.clear()
+        for name in reversed(self.supervisor.names()):
+            self.supervisor.remove(name)
+            say(f"  ✓ stopped {name}")
+        self.extra_workers.clear()
         if self.postgres is not None:
             self.postgres.stop()
             say("  ✓ stopped PostgreSQL")

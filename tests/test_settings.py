@@ -63,3 +63,19 @@ def test_readme_configuration_table_is_current() -> None:
 
     text = README.read_text()
     assert text == readme_with_current_table(text), "run `python -m penny.readme_sync`"
+
+
+def test_payment_timings_override_names_known_fields_only() -> None:
+    from penny.settings import Settings
+
+    settings = Settings(
+        env="test", payment_timings='{"settlement_poll_interval_seconds": 2, "dispute_window_seconds": 5}'
+    )
+    timings = settings.payment_timings_override
+    assert timings is not None
+    assert (timings.settlement_poll_interval_seconds, timings.dispute_window_seconds) == (2, 5)
+    assert timings.authorization_expiry_seconds == 7 * 24 * 3600  # the rest keep production defaults
+    assert Settings(env="test").payment_timings_override is None
+    for bad in ('{"no_such_wait": 1}', '{"dispute_window_seconds": -1}', '{"dispute_window_seconds": 1.5}', "[1]", "{"):
+        with pytest.raises(ValueError, match="PENNY_PAYMENT_TIMINGS"):
+            Settings(env="test", payment_timings=bad)
