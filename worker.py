@@ -85,6 +85,7 @@ def activity_functions(engine: AsyncEngine, settings: Settings, client: Client |
         stripe_calls.cancel_payment_intent,
         stripe_calls.create_transfer,
         stripe_calls.charge_balance,
+        stripe_calls.retrieve_dispute,
         webhook_relay.relay_webhook_events,
     ]
 

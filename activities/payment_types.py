@@ -58,13 +58,15 @@ class RiskCheckResult:
 class LedgerAction:
     """One ledger write of a transition, built into postings by the activity (ledger.chart).
 
-    kinds: authorization_hold, capture, release_hold, processing_fee, transfer, settlement.
+    kinds: authorization_hold, capture, release_hold, processing_fee, transfer, settlement,
+    dispute_opened (amount + fee), dispute_won, dispute_lost (reference: the dispute id).
     """
 
     kind: str
     amount: int = 0
     account_id: str = ""
     reference: str = ""
+    fee: int = 0
 
 
 @dataclass

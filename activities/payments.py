@@ -408,6 +408,12 @@ class PaymentActivities:
             )
         elif action.kind == "settlement":
             draft = chart.settlement(payment_id, action.amount, currency)
+        elif action.kind == "dispute_opened":
+            draft = chart.dispute_opened(payment_id, action.reference, action.amount, currency, action.fee)
+        elif action.kind == "dispute_won":
+            draft = chart.dispute_won(payment_id, action.reference, action.amount, currency)
+        elif action.kind == "dispute_lost":
+            draft = chart.dispute_lost(payment_id, action.reference, action.amount, currency)
         else:
             raise ApplicationError(f"unknown ledger action {action.kind}", non_retryable=True)
         await books.open_accounts(connection, chart.accounts_for(draft))

@@ -34,6 +34,7 @@ from activities.stripe_types import (
     ChargeBalance,
     ChargeBalanceInput,
     CreateIntentInput,
+    DisputeSnapshot,
     FindIntentInput,
     FindIntentResult,
     FindTransferInput,
@@ -287,4 +288,27 @@ class StripeActivities:
             net=int(transaction.get("net") or 0),
             status=str(transaction.get("status") or "pending"),
             available_on=transaction.get("available_on"),
+        )
+
+    @activity.defn(name="stripe_retrieve_dispute")
+    async def retrieve_dispute(self, dispute_id: str) -> DisputeSnapshot:
+        try:
+            dispute = _plain(await self._client.v1.disputes.retrieve_async(dispute_id))
+        except stripe.StripeError as error:
+            raise _classify(error, "dispute retrieve") from error
+        fee = sum(
+            int(item.get("fee") or 0)
+            for item in dispute.get("balance_transactions") or []
+            if int(item.get("amount") or 0) < 0
+        )
+        charge = dispute.get("charge")
+        intent = dispute.get("payment_intent")
+        return DisputeSnapshot(
+            id=str(dispute["id"]),
+            status=str(dispute["status"]),
+            amount=int(dispute["amount"]),
+            currency=str(dispute["currency"]).upper(),
+            fee=fee,
+            charge=charge.get("id") if isinstance(charge, dict) else charge,
+            payment_intent=intent.get("id") if isinstance(intent, dict) else intent,
         )

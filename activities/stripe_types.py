@@ -116,3 +116,17 @@ class ChargeBalance:
     net: int
     status: str  # pending | available
     available_on: int | None = None
+
+
+@dataclass
+class DisputeSnapshot:
+    """A dispute as Stripe reports it now (re-fetched: the webhook's copy may be stale)."""
+
+    id: str
+    # warning_needs_response, warning_under_review, warning_closed, needs_response, under_review, won, lost
+    status: str
+    amount: int
+    currency: str
+    fee: int  # dispute fees Stripe withdrew with the disputed amount
+    charge: str | None = None
+    payment_intent: str | None = None

@@ -586,6 +586,101 @@ async def test_why9_unknown_payment_intent_status_goes_to_review_after_named_pol
     assert captured.amount_captured == payment.amount
 
 
+# ---------------------------------------------------------------------------------------- disputes
+
+
+async def dispute_of(stack: PaymentStack, intent_id: str | None) -> dict[str, Any]:
+    """The PaymentIntent's dispute (pm_card_createDispute: it appears about a second after the charge)."""
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        disputes = [
+            d for d in stack.emulator.control.state(["disputes"])["disputes"] if d["payment_intent"] == intent_id
+        ]
+        if disputes:
+            [dispute] = disputes
+            return dispute
+        assert asyncio.get_running_loop().time() < deadline, "the emulator opened no dispute"
+        await asyncio.sleep(0.2)
+
+
+async def signal_dispute(handle: WorkflowHandle[Any, Any], dispute: dict[str, Any], event_type: str) -> None:
+    """A dispute webhook as the intake builds it (the workflow re-fetches the dispute, so the payload is minimal)."""
+    await handle.signal(
+        SIGNAL_STRIPE_EVENT,
+        StripeEventSignal(
+            event_id=f"evt_{uuid.uuid4().hex[:16]}",
+            type=event_type,
+            created=0,
+            object_id=dispute["id"],
+            object_type="dispute",
+        ),
+    )
+
+
+async def test_dispute_right_after_capture_still_pays_recipients_and_a_lost_dispute_is_booked(
+    payment_stack: PaymentStack,
+) -> None:
+    payment = two_recipient_order(payment_method="pm_card_createDispute")
+    state, handle = await start(payment_stack, payment)
+    dispute = await dispute_of(payment_stack, state.stripe_payment_intent_id)
+    await signal_dispute(handle, dispute, "charge.dispute.created")
+    disputed = await wait_for_status(handle, "DISPUTED")
+    assert disputed.split is not None
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(transfers_for(payment_stack, payment.order_id)) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "recipients of a disputed payment are still paid"
+        await asyncio.sleep(0.2)
+    payment_stack.emulator.control.close_dispute(dispute["id"], "lost")
+    await signal_dispute(handle, dispute, "charge.dispute.closed")
+    final = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT_SECONDS)
+    assert final.status == "REVERSED" and final.split is not None
+    paid = {t["destination"]: t["amount"] for t in transfers_for(payment_stack, payment.order_id)}
+    assert paid == {part.account_id: part.amount for part in final.split.parts}
+    stripe_fee_amount = stripe_fee(payment_stack, str(final.stripe_charge_id))
+    dispute_fee = sum(bt["fee"] for bt in dispute["balance_transactions"])
+    assert dispute_fee > 0
+    expected = {
+        "stripe:pending:usd": 10_000 - stripe_fee_amount - sum(paid.values()) - 10_000 - dispute_fee,
+        "platform:fees:usd": -final.split.platform_fee,
+        "tax:payable:usd": -final.split.tax,
+        "platform:processing_fees:usd": stripe_fee_amount,
+        "platform:disputes:usd": 10_000 + dispute_fee,
+    }
+    assert await postings_by_account(payment_stack, state.payment_id) == expected
+    assert await ledger_findings(payment_stack) == []
+
+
+async def test_dispute_events_out_of_order_book_once_and_a_won_dispute_settles(payment_stack: PaymentStack) -> None:
+    payment = new_order(payment_method="pm_card_createDispute")
+    state, handle = await start(payment_stack, payment)
+    dispute = await dispute_of(payment_stack, state.stripe_payment_intent_id)
+    payment_stack.emulator.control.close_dispute(dispute["id"], "won")
+    # The closing event arrives first, then the opening one, then the closing one again.
+    await signal_dispute(handle, dispute, "charge.dispute.closed")
+    await wait_for_status(handle, "SETTLED")
+    await signal_dispute(handle, dispute, "charge.dispute.created")
+    await signal_dispute(handle, dispute, "charge.dispute.closed")
+    final = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT_SECONDS)
+    assert final.status == "SETTLED"
+    assert final.disputes == {dispute["id"]: "won"}
+    dispute_fee = sum(bt["fee"] for bt in dispute["balance_transactions"])
+    postings = await postings_by_account(payment_stack, state.payment_id)
+    assert postings["platform:disputes:usd"] == dispute_fee  # the fee stays an expense; the amount came back
+    assert "stripe:disputed:usd" not in postings
+    async with payment_stack.engine.connect() as connection:
+        keys = (
+            (
+                await connection.execute(
+                    text("SELECT idempotency_key FROM ledger.entries WHERE metadata->>'dispute_id' = :id ORDER BY id"),
+                    {"id": dispute["id"]},
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert [key.rsplit(":", 1)[1] for key in keys] == ["opened", "won"]
+
+
 # ---------------------------------------------------------------------------------------- Why 11
 
 

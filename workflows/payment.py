@@ -365,6 +365,12 @@ class PaymentWorkflow(EventSteps):
                         await self._cancel_intent("abandoned", actor="timer", why="authorization expired")
         elif status is S.CAPTURED:
             await self._after_capture()
+        elif self._disbursement_pending():
+            # SETTLED, DISPUTED, PARTIALLY_REFUNDED before the recipients were paid (a dispute
+            # that arrived right after capture): they are paid all the same, exactly once.
+            async with self._lock:
+                if S(state.status) is status:
+                    await self._disburse()
         else:
             # SETTLED, DISPUTED, PARTIALLY_REFUNDED: open for disputes until the window ends.
             if state.dispute_window_ends_unix_seconds is None:

@@ -40,7 +40,7 @@ class DisbursementSteps(ChargeSteps):
     async def _after_capture(self) -> None:
         """CAPTURED: pay every recipient, then wait for Stripe to make the funds available."""
         state = self._require_state()
-        if not state.fee_booked or any(not record.booked for record in state.transfers):
+        if self._disbursement_pending():
             async with self._lock:
                 if S(state.status) is S.CAPTURED:
                     await self._disburse()
@@ -81,6 +81,12 @@ class DisbursementSteps(ChargeSteps):
             )
         except TimeoutError:
             pass
+
+    def _disbursement_pending(self) -> bool:
+        state = self._require_state()
+        return state.amount_captured > 0 and (
+            not state.fee_booked or any(not record.booked for record in state.transfers)
+        )
 
     async def _disburse(self) -> None:
         """Book Stripe's fee, then pay each recipient still unpaid, exactly once, with its own key."""

@@ -6,19 +6,15 @@ Deterministic workflow code (a mixin of PaymentWorkflow): no I/O outside `workfl
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.payment_types import (
-        RecordIgnoredInput,
-    )
-    from activities.stripe_types import (
-        IntentSnapshot,
-    )
+    from activities.payment_types import LedgerAction, RecordIgnoredInput
+    from activities.stripe_types import DisputeSnapshot, IntentSnapshot
 
 from workflows import payment_core as core
 from workflows.payment_disbursement import DisbursementSteps
 from workflows.payment_models import (
     StripeEventSignal,
 )
-from workflows.payment_shell import CHARGED_STATUSES, PROCESSED_EVENT_IDS_MAX, E, S, StepFailed
+from workflows.payment_shell import CHARGED_STATUSES, PROCESSED_EVENT_IDS_MAX, WARNING_STATUSES, E, S, StepFailed
 from workflows.state_machine import decide
 
 
@@ -46,25 +42,8 @@ class EventSteps(DisbursementSteps):
             state.settlement_hint = True
         elif kind.startswith("transfer."):
             await self._handle_transfer_event(event)
-        elif kind == "charge.dispute.created":
-            if not await self._transition(
-                E.DISPUTE_OPENED,
-                actor="stripe-webhook",
-                reason=kind,
-                stripe_event_id=event.event_id,
-                from_processor=True,
-            ):
-                await self._ignore(event, f"dispute opened while {state.status}")
-        elif kind == "charge.dispute.closed":
-            won = event.status == "won"
-            if not await self._transition(
-                E.DISPUTE_WON if won else E.DISPUTE_LOST,
-                actor="stripe-webhook",
-                reason=f"dispute {event.status}",
-                stripe_event_id=event.event_id,
-                from_processor=True,
-            ):
-                await self._ignore(event, f"dispute closed while {state.status}")
+        elif kind.startswith("charge.dispute."):
+            await self._handle_dispute_event(event)
         else:
             await self._ignore(event, f"{kind} needs no action from the payment workflow")
 
@@ -109,6 +88,47 @@ class EventSteps(DisbursementSteps):
             intent, actor="stripe-webhook", reason=event.type, stripe_event_id=event.event_id
         ):
             await self._ignore(event, f"stale: payment already {state.status} (Stripe says {intent.status})")
+
+    async def _handle_dispute_event(self, event: StripeEventSignal) -> None:
+        """Book what Stripe says the dispute is now (re-fetched), once per stage, whatever the order of events.
+
+        The money moved at Stripe whatever Penny's status: the ledger books it always; the status
+        follows when the state machine allows (DISPUTED on opening; SETTLED or REVERSED on closing).
+        """
+        state = self._require_state()
+        dispute = await self._stripe("stripe_retrieve_dispute", event.object_id, DisputeSnapshot)
+        booked = state.disputes.get(dispute.id)
+        ledger: list[LedgerAction] = []
+        if booked is None and dispute.status not in WARNING_STATUSES:
+            ledger.append(LedgerAction("dispute_opened", amount=dispute.amount, reference=dispute.id, fee=dispute.fee))
+        closed = dispute.status in ("won", "lost") and booked not in ("won", "lost")
+        if closed:
+            ledger.append(LedgerAction(f"dispute_{dispute.status}", amount=dispute.amount, reference=dispute.id))
+        if not ledger:
+            await self._ignore(event, f"dispute {dispute.id} is {dispute.status}; nothing new to book")
+            return
+        reason = f"dispute {dispute.id} {dispute.status} ({event.type})"
+        events = []
+        if booked is None:
+            events.append(E.DISPUTE_OPENED)
+        if closed:
+            events.append(E.DISPUTE_WON if dispute.status == "won" else E.DISPUTE_LOST)
+        moved = False
+        for happening in events:
+            # The first legal transition carries the whole booking; a later one carries none.
+            if await self._transition(
+                happening,
+                actor="stripe-webhook",
+                reason=reason,
+                ledger=[] if moved else ledger,
+                stripe_event_id=event.event_id,
+                from_processor=True,
+            ):
+                moved = True
+        if not moved:
+            # The status cannot follow (e.g. the payment is in review): the money is booked anyway.
+            await self._book(f"dispute:{dispute.id}:{dispute.status}", ledger, reason)
+        state.disputes[dispute.id] = dispute.status if closed else "opened"
 
     async def _handle_transfer_event(self, event: StripeEventSignal) -> None:
         """A transfer Stripe reports: if it pays a recipient Penny has not recorded, record and book it."""

@@ -189,6 +189,8 @@ class PaymentState:
     unknown_status_polls: int = 0
     stripe_steps: dict[str, StripeStep] = field(default_factory=dict)
     continued_as_new: int = 0
+    # Disputes booked in the ledger: dispute id -> the last stage booked (opened, won, lost).
+    disputes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

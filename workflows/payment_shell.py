@@ -76,6 +76,8 @@ DATABASE_FINAL_ERRORS = [TRANSITION_CONFLICT, LEDGER_REJECTED, INVALID_PAYMENT_R
 # Errors no Stripe retry under the same key can fix.
 STRIPE_FINAL_ERRORS = [CARD_DECLINED, STRIPE_REQUEST_REFUSED, "StripeServerError", INVALID_PAYMENT_REQUEST]
 CHARGED_STATUSES = ("succeeded", "requires_capture")
+# Inquiries (warning_*) withdraw no funds: nothing to book until they become a dispute.
+WARNING_STATUSES = ("warning_needs_response", "warning_under_review", "warning_closed")
 
 
 def stripe_retry(timings: PaymentTimings) -> RetryPolicy:
