@@ -8,7 +8,9 @@ Used by both paths that deliver an event:
 One event, from the inbox's point of view:
 
     (verified) ──insert──▶ received ──signal ok──────────────▶ delivered
-                              │  ├──no payment found─────────▶ unrouted  (+ review item)
+                              │  ├──no payment found (yet)───▶ received  (attempts+1, routed again by the
+                              │  │                                        relay until webhook_unrouted_attempts_max)
+                              │  ├──still no payment found───▶ unrouted  (+ review item)
                               │  ├──not a payment event /
                               │  │  every payment closed─────▶ ignored   (reason kept)
                               │  └──Temporal/Stripe down─────▶ received  (attempts+1, next_attempt_at
@@ -487,6 +489,16 @@ class WebhookProcessor:
     async def process(self, row: InboxRow, event: ParsedEvent) -> ProcessOutcome:
         try:
             route = await route_event(self._engine, event, self._payouts)
+            if (
+                route.outcome == "unrouted"
+                and event.type not in SETTLEMENT_EVENT_TYPES
+                and row.attempts + 1 < self._settings.webhook_unrouted_attempts_max
+            ):
+                # The payment may not know this object yet (its PaymentIntent id arrives with a
+                # lookup after an ambiguous create): kept as received, the relay routes it again.
+                reason = f"no payment matches yet; routing again later ({route.reason})"
+                await self.record_failure(row, "not_routable_yet", reason)
+                return ProcessOutcome(STATUS_RECEIVED, reason=reason)
             if route.outcome == "unrouted":
                 await self._finish(row, event, STATUS_UNROUTED, route.reason, [], [])
                 metrics.UNROUTED.labels(metrics.type_label(event.type)).inc()

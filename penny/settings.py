@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         description="Delivery attempts of one webhook event before the relay gives up on it (status `failed`) "
         "and opens a review item.",
     )
+    webhook_unrouted_attempts_max: int = Field(
+        6,
+        ge=1,
+        le=100,
+        description="Routing attempts of a payment event that matches no payment yet (its PaymentIntent may not be "
+        "known to Penny for a few seconds) before it is kept as `unrouted` with a review item; retried with the "
+        "relay's backoff.",
+    )
     webhook_relay_backoff_initial_seconds: float = Field(
         2.0, gt=0, le=3600, description="Wait before the first re-delivery of a webhook event; doubles per attempt."
     )
@@ -206,6 +214,12 @@ class Settings(BaseSettings):
         if value.strip():
             payment_timings_from_json(value)
         return value
+
+    @model_validator(mode="after")
+    def _unrouted_retries_within_relay_attempts(self) -> Settings:
+        if self.webhook_unrouted_attempts_max > self.webhook_relay_attempts_max:
+            raise ValueError("PENNY_WEBHOOK_UNROUTED_ATTEMPTS_MAX must not exceed PENNY_WEBHOOK_RELAY_ATTEMPTS_MAX")
+        return self
 
     @property
     def payment_timings_override(self) -> PaymentTimings | None:

@@ -57,6 +57,8 @@ def fast_webhook_settings(base: Settings, **overrides: Any) -> Settings:
         "webhook_relay_grace_seconds": 0.5,
         "webhook_relay_backoff_initial_seconds": 0.2,
         "webhook_relay_backoff_max_seconds": 1.0,
+        # Unrouted at once unless a test asks for routing again (no relay runs beside most tests).
+        "webhook_unrouted_attempts_max": 1,
         **overrides,
     }
     return base.model_copy(update=values)
@@ -576,3 +578,69 @@ async def test_fuzzed_requests_never_5xx_and_never_store_unverified_events(
     assert {row.event_id for row in stored} <= signed
     for row in stored:
         assert row.status in ("ignored", "unrouted", "delivered"), row
+
+
+async def test_an_event_for_a_payment_not_known_yet_is_routed_again_by_the_relay(
+    webhooks: WebhookSetup, payment_stack: PaymentStack, temporal_client: Client
+) -> None:
+    """Penny learns a PaymentIntent's id only after the create's lookup: an event about it that comes
+    first matches no payment yet. It is kept as received and routed again, not dropped as unrouted."""
+    engine = payment_stack.engine
+    settings = webhooks.api.settings.model_copy(update={"webhook_unrouted_attempts_max": 6})
+    api = start_api(settings, free_port())
+    state, _handle = await start(payment_stack, new_order(timings=WEBHOOK_ONLY_TIMINGS))
+    assert state.stripe_payment_intent_id and state.stripe_charge_id
+    async with engine.begin() as connection:  # as if the lookup had not answered yet
+        await connection.execute(
+            text("UPDATE payments SET stripe_payment_intent_id = NULL, stripe_charge_id = NULL WHERE id = :id"),
+            {"id": state.payment_id},
+        )
+    early = signed_event(
+        "charge.updated",
+        {"id": state.stripe_charge_id, "object": "charge", "payment_intent": state.stripe_payment_intent_id},
+    )
+    relay_queue = f"relay-{uuid.uuid4()}"
+    relay_worker = Worker(
+        temporal_client,
+        task_queue=relay_queue,
+        workflows=[WebhookRelayWorkflow],
+        activities=[WebhookRelayActivities(engine, settings, temporal_client).relay_webhook_events],
+    )
+    try:
+        signature = sign(encode(early), [webhooks.secret], int(time.time()))
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                api.webhook_url,
+                content=encode(early),
+                headers={"Content-Type": "application/json", "Stripe-Signature": signature},
+            )
+        assert response.status_code == 200 and response.json()["status"] == "received", response.text
+        [row] = await inbox_rows(engine, "event_id = :id", {"id": early["id"]})
+        assert (row.status, row.attempts) == ("received", 1) and "no payment matches yet" in row.last_error
+        async with engine.begin() as connection:  # the lookup answers: Penny knows the ids
+            await connection.execute(
+                text("UPDATE payments SET stripe_payment_intent_id = :pi, stripe_charge_id = :ch WHERE id = :id"),
+                {"pi": state.stripe_payment_intent_id, "ch": state.stripe_charge_id, "id": state.payment_id},
+            )
+        async with relay_worker:
+            relay = await start_webhook_relay(temporal_client, relay_queue)
+            try:
+
+                async def routed() -> bool:
+                    [row] = await inbox_rows(engine, "event_id = :id", {"id": early["id"]})
+                    return bool(row.status == "delivered")
+
+                await wait_until(routed, 20, "the relay to route the event once the payment is known")
+            finally:
+                await relay.terminate("test over")
+        [row] = await inbox_rows(engine, "event_id = :id", {"id": early["id"]})
+        assert row.payment_id == state.payment_id
+        async with engine.connect() as connection:
+            reviews = (
+                await connection.execute(
+                    text("SELECT count(*) FROM review_items WHERE dedupe_key = :key"), {"key": f"webhook:{early['id']}"}
+                )
+            ).scalar_one()
+        assert reviews == 0
+    finally:
+        api.stop()
