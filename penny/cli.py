@@ -178,6 +178,25 @@ def command_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_chaos(args: argparse.Namespace) -> int:
+    import random
+
+    from penny.chaos import ChaosOptions, run_chaos
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    options = ChaosOptions(
+        orders=args.orders,
+        seed=seed,
+        concurrency=args.concurrency,
+        workers=args.workers,
+        keep_data=args.keep_data,
+    )
+    print(f"penny chaos: seed {seed} (replay with --seed {seed})", flush=True)
+    report = run_chaos(options)
+    print(report.render(), flush=True)
+    return 0 if report.violations == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="penny", description="Penny payment orchestrator")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys_create.add_argument("--role", choices=["merchant", "ops"], required=True)
     keys_create.add_argument("--name", default="cli", help="a label for the key")
     keys_create.set_defaults(handler=command_keys_create)
+
+    chaos = commands.add_parser(
+        "chaos", help="seeded soak: drive orders through the real stack under faults, then check the money"
+    )
+    chaos.add_argument("--orders", type=int, default=200, help="how many orders (a failing seed shrinks with fewer)")
+    chaos.add_argument("--seed", type=int, default=None, help="the seed (default: random, printed)")
+    chaos.add_argument("--concurrency", type=int, default=16, help="orders in flight at once")
+    chaos.add_argument("--workers", type=int, default=1, help="worker processes on the task queue")
+    chaos.add_argument("--keep-data", action="store_true", help="keep the run's data directory (logs, databases)")
+    chaos.set_defaults(handler=command_chaos)
 
     config = commands.add_parser("config", help="print the configuration table")
     config.add_argument("--values", action="store_true", help="include the current values")

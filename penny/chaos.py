@@ -1,0 +1,698 @@
+"""`penny chaos`: a seeded soak that drives orders through the real API while everything misbehaves.
+
+Two phases, as in Jepsen's bank test and TigerBeetle's VOPR:
+
+1. Safety (faults on). N orders go through the real HTTP API, `concurrency` at a time: automatic
+   and manual capture (some partial, some canceled, some left to expire), 1–3 recipients with
+   shares and fixed amounts, tax, declines, 3-D Secure completed and abandoned, disputes won
+   and lost (closed through the emulator's control API), requests carrying a card number
+   (which must be refused), and the same order sent again under a new key. Clients behave
+   like real ones: on a timeout, a dropped connection or a 5xx they retry with the same
+   Idempotency-Key. Meanwhile, from the seed: emulator faults on every Stripe call Penny makes
+   (500 before and after commit, timeout after commit, 429, latency), one connected account
+   whose transfers fail for the first part of the run, webhook duplicates, delays, reordering
+   and drops, the worker SIGKILLed several times, the API killed, a second worker for part of
+   the run.
+2. Liveness (faults off). The emulator's clock moves past settlement, and the run waits, at
+   most `quiescence_timeout_seconds`, until no payment is in a transient state. Then the
+   invariants are checked from the outside (penny/chaos_checks.py) and a report is printed:
+   orders by final state, faults by kind, each invariant with its count and examples, the
+   duration and the seed. Any violation → exit code 1.
+
+The same seed replays the same orders and the same fault schedule (process timing aside);
+`--orders` shrinks a failing seed. By default the run starts its own stack (as `penny dev`
+does) in a temporary data directory on free ports, so it never touches a running one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from penny.chaos_checks import ClientRecord, InvariantResult, check_invariants, format_report
+from penny.settings import Settings
+
+# Compressed waits for payments the chaos API starts (PENNY_PAYMENT_TIMINGS): every path of a
+# payment's life fits in a run; the logic is the production logic.
+CHAOS_PAYMENT_TIMINGS: dict[str, float | int] = {
+    "authorization_expiry_seconds": 40,
+    "requires_action_timeout_seconds": 25,
+    "processing_poll_interval_seconds": 2,
+    "processing_polls_max": 40,
+    "settlement_poll_interval_seconds": 5,
+    "settlement_timeout_seconds": 1800,
+    "dispute_window_seconds": 3600,
+    "stripe_attempts_max": 6,
+    "stripe_initial_interval_seconds": 0.2,
+    "stripe_maximum_interval_seconds": 2.0,
+    "stripe_call_timeout_seconds": 15.0,
+    "uncertain_rounds_max": 3,
+    "database_attempts_max": 10,
+    "database_maximum_interval_seconds": 5.0,
+}
+
+CHAOS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS = 30
+# Clients: what a careful merchant backend does.
+CLIENT_TIMEOUT_SECONDS = 40.0
+CLIENT_ATTEMPTS_MAX = 14
+CLIENT_BACKOFF_INITIAL_SECONDS = 0.5
+CLIENT_BACKOFF_MAX_SECONDS = 8.0
+# How long a client follows one order (waiting for 3-D Secure, a dispute, an authorisation).
+ORDER_FOLLOW_TIMEOUT_SECONDS = 120.0
+ORDER_POLL_SECONDS = 1.0
+# Liveness: quiescence must come within this bound (plus a little per order).
+QUIESCENCE_TIMEOUT_SECONDS = 240.0
+QUIESCENCE_SECONDS_PER_ORDER = 0.15
+QUIESCENCE_POLL_SECONDS = 2.0
+SETTLEMENT_CLOCK_ADVANCE_SECONDS = 4 * 24 * 3600
+# Faults.
+PROCESS_KILLS_WORKER = 3
+STRIPE_POST_PATHS = (
+    "/v1/payment_intents",
+    "/v1/payment_intents/*/capture",
+    "/v1/payment_intents/*/cancel",
+    "/v1/transfers",
+)
+STRIPE_GET_PATHS = (
+    "/v1/payment_intents/*",
+    "/v1/payment_intents/search",
+    "/v1/charges/*",
+    "/v1/transfers",
+    "/v1/balance_transactions/*",
+)
+TRANSIENT_STATUSES = ("created", "processing", "requires_action", "requires_payment_method", "authorized")
+# Statuses (payments rows) a payment passes through; quiescence is none of them left.
+TRANSIENT_PAYMENT_STATUSES = (
+    "CREATED",
+    "PROCESSING",
+    "REQUIRES_ACTION",
+    "REQUIRES_PAYMENT_METHOD",
+    "AUTHORIZED",
+    "CAPTURED",
+)
+ORDERS_MAX = 100_000
+CONCURRENCY_MAX = 256
+# A test card number (Luhn-valid): requests carrying it must be refused, and it must never be stored.
+CARD_NUMBER = "4242424242424242"
+
+# Kinds of orders and their weights (per 100).
+ORDER_KINDS: tuple[tuple[str, int], ...] = (
+    ("automatic", 34),
+    ("manual_full", 9),
+    ("manual_partial", 8),
+    ("manual_cancel", 4),
+    ("manual_expire", 3),
+    ("declined", 8),
+    ("three_ds_completed", 6),
+    ("three_ds_abandoned", 4),
+    ("dispute_won", 5),
+    ("dispute_lost", 5),
+    ("card_number", 4),
+    ("same_order_new_key", 10),
+)
+DECLINE_METHODS = (
+    "pm_card_chargeDeclined",
+    "pm_card_chargeDeclinedInsufficientFunds",
+    "pm_card_chargeDeclinedFraudulent",
+)
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# ====================================================================================== plans
+
+
+@dataclass
+class OrderPlan:
+    index: int
+    order_id: str
+    kind: str
+    body: dict[str, Any]
+    capture_amount: int | None = None  # manual_partial: how much to capture
+    action_delay_seconds: float = 0.0
+
+
+@dataclass
+class ProcessEvent:
+    at_progress: float  # fraction of orders started when it happens
+    action: str  # kill_worker | kill_api | add_worker | remove_worker
+    done: bool = False
+
+
+@dataclass
+class FaultPlan:
+    api_rules: list[dict[str, Any]]
+    webhook_rules: list[dict[str, Any]]
+    flaky_account: str
+    flaky_until_progress: float
+    process_events: list[ProcessEvent]
+
+
+def _split(rng: random.Random, amount: int, flaky_account: str, run_tag: str, index: int) -> dict[str, Any]:
+    count = rng.choice((1, 1, 2, 2, 3))
+    accounts = [f"acct_{run_tag}{index:05d}r{n}" for n in range(count)]
+    if count > 1 and rng.random() < 0.3:
+        accounts[-1] = flaky_account
+    platform_fee_bps = rng.choice((0, 500, 1000, 1250, 2000))
+    tax = rng.choice((0, 0, amount // 20, amount // 11))
+    remaining = amount - (amount * platform_fee_bps) // 10_000 - tax
+    splits: list[dict[str, Any]] = []
+    fixed = count > 1 and rng.random() < 0.4 and remaining > 200
+    if fixed:
+        splits.append({"account_id": accounts[0], "amount": rng.randint(1, remaining // 2), "role": "driver"})
+        accounts = accounts[1:]
+    cuts = sorted(rng.sample(range(1, 10_000), len(accounts) - 1)) if len(accounts) > 1 else []
+    shares = [b - a for a, b in zip([0, *cuts], [*cuts, 10_000], strict=True)]
+    splits.extend({"account_id": account, "share_bps": share} for account, share in zip(accounts, shares, strict=True))
+    return {"splits": splits, "platform_fee": platform_fee_bps, "tax": tax}
+
+
+def plan_orders(rng: random.Random, orders: int, run_tag: str, flaky_account: str) -> list[OrderPlan]:
+    kinds = [kind for kind, _ in ORDER_KINDS]
+    weights = [weight for _, weight in ORDER_KINDS]
+    plans = []
+    for index in range(orders):
+        kind = rng.choices(kinds, weights)[0]
+        amount = rng.randint(500, 250_000)
+        order_id = f"order_{run_tag}_{index:05d}"
+        method = {
+            "declined": rng.choice(DECLINE_METHODS),
+            "three_ds_completed": "pm_card_authenticationRequired",
+            "three_ds_abandoned": "pm_card_authenticationRequired",
+            "dispute_won": "pm_card_createDispute",
+            "dispute_lost": "pm_card_createDispute",
+        }.get(kind, rng.choice(("pm_card_visa", "pm_card_mastercard")))
+        body: dict[str, Any] = {
+            "order_id": order_id,
+            "amount": amount,
+            "currency": "usd",
+            "customer": f"cus_{run_tag}{index:05d}",
+            "payment_method": method,
+            "capture_method": "manual" if kind.startswith("manual") else "automatic",
+            **_split(rng, amount, flaky_account, run_tag, index),
+        }
+        if kind == "card_number":
+            body["metadata"] = {"note": f"card {CARD_NUMBER}"}
+        plan = OrderPlan(index, order_id, kind, body, action_delay_seconds=rng.uniform(0.0, 3.0))
+        if kind == "manual_partial":
+            plan.capture_amount = max(1, int(amount * rng.uniform(0.3, 0.9)))
+        plans.append(plan)
+    return plans
+
+
+def plan_faults(rng: random.Random, run_tag: str, workers: int) -> FaultPlan:
+    rules: list[dict[str, Any]] = []
+    for path in STRIPE_POST_PATHS:
+        rules.append({"method": "POST", "path": path, "kind": "error_500_before", "probability": 0.03})
+        rules.append({"method": "POST", "path": path, "kind": "error_500_after", "probability": 0.03})
+        rules.append(
+            {"method": "POST", "path": path, "kind": "timeout_after", "probability": 0.02, "latency_seconds": 2.0}
+        )
+        rules.append({"method": "POST", "path": path, "kind": "rate_limit_429", "probability": 0.03})
+        rules.append({"method": "POST", "path": path, "kind": "latency", "probability": 0.05, "latency_seconds": 0.3})
+    for path in STRIPE_GET_PATHS:
+        rules.append({"method": "GET", "path": path, "kind": "error_500_before", "probability": 0.02})
+        rules.append({"method": "GET", "path": path, "kind": "rate_limit_429", "probability": 0.02})
+        rules.append({"method": "GET", "path": path, "kind": "latency", "probability": 0.05, "latency_seconds": 0.3})
+    webhook_rules = [
+        {"kind": "duplicate", "probability": 0.10},
+        {"kind": "delay", "probability": 0.10, "delay_seconds": 3.0},
+        {"kind": "reorder", "probability": 0.05, "window": 3},
+        {"kind": "drop", "probability": 0.03},
+    ]
+    events = [ProcessEvent(rng.uniform(0.1, 0.85), "kill_worker") for _ in range(PROCESS_KILLS_WORKER)]
+    events.append(ProcessEvent(rng.uniform(0.2, 0.8), "kill_api"))
+    if workers < 2:
+        start = rng.uniform(0.15, 0.35)
+        events.append(ProcessEvent(start, "add_worker"))
+        events.append(ProcessEvent(start + rng.uniform(0.3, 0.45), "remove_worker"))
+    events.sort(key=lambda event: event.at_progress)
+    return FaultPlan(rules, webhook_rules, f"acct_{run_tag}flaky", rng.uniform(0.3, 0.6), events)
+
+
+# ====================================================================================== clients
+
+
+@dataclass
+class ChaosState:
+    """What the clients saw; shared with the supervising thread (progress) under a lock."""
+
+    records: list[ClientRecord] = field(default_factory=list)
+    started: int = 0
+    finished: int = 0
+    client_retries: int = 0
+    refused_card_numbers: int = 0
+    unexpected: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Client:
+    def __init__(self, api_url: str, api_key: str, state: ChaosState) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=api_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=CLIENT_TIMEOUT_SECONDS,
+        )
+        self._state = state
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, *, key: str | None = None, body: Any = None) -> httpx.Response:
+        """One logical request; retried with the same Idempotency-Key on a timeout, a dropped connection or 5xx."""
+        headers = {"Idempotency-Key": key} if key else {}
+        delay = CLIENT_BACKOFF_INITIAL_SECONDS
+        for attempt in range(1, CLIENT_ATTEMPTS_MAX + 1):
+            try:
+                response = await self._http.request(method, path, json=body, headers=headers)
+            except httpx.TransportError:
+                response = None
+            if response is not None and response.status_code < 500 and response.status_code != 409:
+                return response
+            if attempt == CLIENT_ATTEMPTS_MAX:
+                if response is not None:
+                    return response
+                raise RuntimeError(f"{method} {path}: no answer after {CLIENT_ATTEMPTS_MAX} attempts")
+            with self._state.lock:
+                self._state.client_retries += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CLIENT_BACKOFF_MAX_SECONDS)
+        raise AssertionError("unreachable")
+
+    async def create(self, plan: OrderPlan, key: str) -> dict[str, Any] | None:
+        response = await self.request("POST", "/v1/payments", key=key, body=plan.body)
+        payload = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        payment_id = payload.get("id") if response.status_code == 200 else None
+        with self._state.lock:
+            self._state.records.append(ClientRecord(key, plan.order_id, payment_id, response.status_code))
+        if plan.kind == "card_number":
+            code = (payload.get("error") or {}).get("code")
+            with self._state.lock:
+                if response.status_code == 400 and code == "card_data_not_allowed":
+                    self._state.refused_card_numbers += 1
+                else:
+                    self._state.unexpected.append(f"{plan.order_id}: card number answered {response.status_code}")
+            return None
+        if response.status_code != 200:
+            with self._state.lock:
+                self._state.unexpected.append(f"{plan.order_id}: create answered {response.status_code} {payload}")
+            return None
+        return payload  # type: ignore[no-any-return]
+
+    async def payment(self, payment_id: str) -> dict[str, Any]:
+        response = await self.request("GET", f"/v1/payments/{payment_id}")
+        return response.json()  # type: ignore[no-any-return]
+
+
+# ====================================================================================== the run
+
+
+@dataclass
+class ChaosOptions:
+    orders: int
+    seed: int
+    concurrency: int = 16
+    workers: int = 1
+    api_url: str | None = None
+    api_key: str | None = None
+    emulator_url: str | None = None
+    keep_data: bool = False
+    data_dir: Path | None = None
+
+
+@dataclass
+class ChaosReport:
+    seed: int
+    orders: int
+    duration_seconds: float
+    final_states: dict[str, int]
+    faults: dict[str, int]
+    invariants: list[InvariantResult]
+    unexpected: list[str]
+
+    @property
+    def violations(self) -> int:
+        return sum(len(result.violations) for result in self.invariants) + len(self.unexpected)
+
+    def render(self) -> str:
+        lines = [
+            f"penny chaos: seed {self.seed}, {self.orders} orders, {self.duration_seconds:.0f} s",
+            "final states: " + ", ".join(f"{state} {count}" for state, count in sorted(self.final_states.items())),
+            "faults injected: " + ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items())),
+            format_report(self.invariants),
+        ]
+        if self.unexpected:
+            lines.append(f"unexpected client answers: {len(self.unexpected)}")
+            lines.extend(f"  {line}" for line in self.unexpected[:10])
+        lines.append("RESULT: " + ("PASS" if self.violations == 0 else f"FAIL ({self.violations} violations)"))
+        return "\n".join(lines)
+
+
+class ChaosRun:
+    def __init__(self, options: ChaosOptions, api_url: str, api_key: str, emulator_url: str) -> None:
+        self.options = options
+        self.api_url = api_url
+        self.api_key = api_key
+        self.emulator_url = emulator_url
+        self.rng = random.Random(options.seed)
+        self.run_tag = f"c{options.seed % 100_000:05d}{uuid.UUID(int=self.rng.getrandbits(128)).hex[:6]}"
+        self.fault_plan = plan_faults(self.rng, self.run_tag, options.workers)
+        self.plans = plan_orders(self.rng, options.orders, self.run_tag, self.fault_plan.flaky_account)
+        self.state = ChaosState()
+        self.done = threading.Event()
+        self.flaky_rule_id: str | None = None
+        self._extra_worker: str | None = None
+
+    # ------------------------------------------------------------------ safety phase (async thread)
+
+    async def drive(self) -> None:
+        from stripe_emulator.control import AsyncEmulatorControl
+
+        client = Client(self.api_url, self.api_key, self.state)
+        control = AsyncEmulatorControl(self.emulator_url)
+        try:
+            await control.seed(self.options.seed)
+            for rule in self.fault_plan.api_rules:
+                await control._call("POST", "/faults", rule)
+            flaky = {
+                "method": "POST",
+                "path": "/v1/transfers",
+                "kind": "error_500_before",
+                "params": {"destination": self.fault_plan.flaky_account},
+            }
+            self.flaky_rule_id = (await control._call("POST", "/faults", flaky))["id"]
+            for rule in self.fault_plan.webhook_rules:
+                await control._call("POST", "/webhook_faults", rule)
+            semaphore = asyncio.Semaphore(self.options.concurrency)
+
+            async def one(plan: OrderPlan) -> None:
+                async with semaphore:
+                    with self.state.lock:
+                        self.state.started += 1
+                    try:
+                        await self._follow(client, control, plan)
+                    except Exception as error:  # a client crash is reported, never hidden
+                        with self.state.lock:
+                            self.state.unexpected.append(f"{plan.order_id}: client error {error!r}"[:300])
+                    with self.state.lock:
+                        self.state.finished += 1
+                    if (
+                        self.flaky_rule_id is not None
+                        and self.state.started / max(1, len(self.plans)) >= self.fault_plan.flaky_until_progress
+                    ):
+                        rule_id, self.flaky_rule_id = self.flaky_rule_id, None
+                        await control.remove_fault(rule_id)
+                        say("  chaos: the flaky account's transfers recover")
+
+            await asyncio.gather(*(one(plan) for plan in self.plans))
+        finally:
+            await client.aclose()
+            await control.aclose()
+
+    async def _follow(self, client: Client, control: Any, plan: OrderPlan) -> None:
+        key = f"{plan.order_id}-k1"
+        payment = await client.create(plan, key)
+        if payment is None:
+            return
+        if plan.kind == "same_order_new_key":
+            again = await client.create(plan, f"{plan.order_id}-k2")
+            if again is not None and again.get("id") != payment.get("id"):
+                with self.state.lock:
+                    self.state.unexpected.append(f"{plan.order_id}: a new key answered another payment")
+            return
+        await asyncio.sleep(plan.action_delay_seconds)
+        payment_id = str(payment["id"])
+        if plan.kind in ("manual_full", "manual_partial", "manual_cancel"):
+            payment = await self._wait_status(client, payment_id, ("authorized",), payment)
+            if payment.get("status") != "authorized":
+                return
+            if plan.kind == "manual_cancel":
+                await client.request("POST", f"/v1/payments/{payment_id}/cancel", key=f"{plan.order_id}-cancel")
+            else:
+                body = {"amount": plan.capture_amount} if plan.capture_amount else None
+                await client.request(
+                    "POST", f"/v1/payments/{payment_id}/capture", key=f"{plan.order_id}-capture", body=body
+                )
+        elif plan.kind == "three_ds_completed":
+            payment = await self._wait_status(client, payment_id, ("requires_action",), payment)
+            intent_id = payment.get("stripe_payment_intent_id")
+            if payment.get("status") == "requires_action" and intent_id:
+                await control.complete_action(intent_id, "succeed")
+        elif plan.kind in ("dispute_won", "dispute_lost"):
+            await self._close_dispute(client, control, plan, payment_id, payment)
+
+    async def _wait_status(
+        self, client: Client, payment_id: str, wanted: tuple[str, ...], payment: dict[str, Any]
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + ORDER_FOLLOW_TIMEOUT_SECONDS
+        while payment.get("status") not in wanted and payment.get("status") in (*TRANSIENT_STATUSES, "processing"):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(ORDER_POLL_SECONDS)
+            payment = await client.payment(payment_id)
+        return payment
+
+    async def _close_dispute(
+        self, client: Client, control: Any, plan: OrderPlan, payment_id: str, payment: dict[str, Any]
+    ) -> None:
+        deadline = time.monotonic() + ORDER_FOLLOW_TIMEOUT_SECONDS
+        intent_id = payment.get("stripe_payment_intent_id")
+        while time.monotonic() < deadline:
+            if not intent_id:
+                payment = await client.payment(payment_id)
+                intent_id = payment.get("stripe_payment_intent_id")
+            if intent_id:
+                state = await control.state(["disputes"])
+                disputes = [d for d in state.get("disputes", []) if d.get("payment_intent") == intent_id]
+                open_disputes = [d for d in disputes if d.get("status") not in ("won", "lost")]
+                if open_disputes:
+                    # Let the dispute reach the payment first (sometimes), then the network decides.
+                    await asyncio.sleep(plan.action_delay_seconds)
+                    outcome = "won" if plan.kind == "dispute_won" else "lost"
+                    await control.close_dispute(open_disputes[0]["id"], outcome)
+                    return
+                if disputes:
+                    return
+            await asyncio.sleep(ORDER_POLL_SECONDS)
+
+    # ------------------------------------------------------------------ process chaos (main thread)
+
+    def progress(self) -> float:
+        with self.state.lock:
+            return self.state.started / max(1, len(self.plans))
+
+    def process_step(self, stack: Any, counts: Counter[str]) -> None:
+        """Run the process events whose time (progress) has come; called from the supervising thread."""
+        progress = self.progress()
+        for event in self.fault_plan.process_events:
+            if event.done or progress < event.at_progress:
+                continue
+            event.done = True
+            if event.action == "kill_worker":
+                stack.kill("worker", signal.SIGKILL)
+            elif event.action == "kill_api":
+                stack.kill("api", signal.SIGKILL)
+            elif event.action == "add_worker":
+                self._extra_worker = stack.add_worker()
+            elif event.action == "remove_worker" and self._extra_worker is not None:
+                stack.remove_worker(self._extra_worker)
+            counts[event.action] += 1
+            say(f"  chaos: {event.action} at {progress:.0%} of orders")
+
+
+# ====================================================================================== liveness + checks
+
+
+async def _faults_fired(emulator_url: str) -> Counter[str]:
+    from stripe_emulator.control import AsyncEmulatorControl
+
+    counts: Counter[str] = Counter()
+    async with AsyncEmulatorControl(emulator_url) as control:
+        for rule in await control.faults():
+            counts[f"stripe {rule['kind']}"] += int(rule["fired"])
+        for rule in await control.webhook_faults():
+            counts[f"webhook {rule['kind']}"] += int(rule["fired"])
+    return counts
+
+
+async def _faults_off(emulator_url: str) -> None:
+    from stripe_emulator.control import AsyncEmulatorControl
+
+    async with AsyncEmulatorControl(emulator_url) as control:
+        await control.clear_faults()
+        await control.clear_webhook_faults()
+        await control.advance_clock(SETTLEMENT_CLOCK_ADVANCE_SECONDS)
+
+
+async def _transient_payments(database_url: str, order_ids: list[str]) -> Counter[str]:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text("SELECT status, count(*) FROM payments WHERE order_id = ANY(:ids) GROUP BY status"),
+                {"ids": order_ids},
+            )
+            return Counter({row[0]: int(row[1]) for row in rows})
+    finally:
+        await engine.dispose()
+
+
+async def _check(
+    database_url: str, emulator_url: str, temporal_address: str, namespace: str, logs_dir: Path | None, run: ChaosRun
+) -> list[InvariantResult]:
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from temporalio.client import Client as TemporalClient
+
+    engine = create_async_engine(database_url)
+    try:
+        temporal = await TemporalClient.connect(temporal_address, namespace=namespace)
+        return await check_invariants(
+            engine=engine,
+            emulator_url=emulator_url,
+            temporal=temporal,
+            logs_dir=logs_dir,
+            client_records=list(run.state.records),
+            order_ids=[plan.order_id for plan in run.plans],
+        )
+    finally:
+        await engine.dispose()
+
+
+def _wait_quiescent(
+    run: ChaosRun, database_url: str, supervise: Callable[[Callable[[], bool], float], bool]
+) -> Counter[str]:
+    """Wait until no payment of the run is in a transient state (bounded). Returns the final states."""
+    order_ids = [plan.order_id for plan in run.plans]
+    timeout = QUIESCENCE_TIMEOUT_SECONDS + QUIESCENCE_SECONDS_PER_ORDER * len(order_ids)
+    latest: Counter[str] = Counter()
+    last_check = 0.0
+
+    def quiet() -> bool:
+        nonlocal latest, last_check
+        if time.monotonic() - last_check < QUIESCENCE_POLL_SECONDS:
+            return False
+        last_check = time.monotonic()
+        latest = asyncio.run(_transient_payments(database_url, order_ids))
+        return not any(
+            status in latest
+            for status in (
+                "CREATED",
+                "PROCESSING",
+                "REQUIRES_ACTION",
+                "REQUIRES_PAYMENT_METHOD",
+                "AUTHORIZED",
+                "CAPTURED",
+            )
+        )
+
+    if not supervise(quiet, timeout):
+        say(f"  chaos: not quiescent after {timeout:.0f} s: {dict(latest)}")
+    return latest
+
+
+def _free_settings(data_dir: Path) -> Settings:
+    from penny.services import free_port
+
+    ports = iter({free_port() for _ in range(40)})
+    return Settings(
+        env="development",
+        data_dir=data_dir,
+        postgres_port=next(ports),
+        temporal_port=next(ports),
+        temporal_ui_port=next(ports),
+        emulator_port=next(ports),
+        api_port=next(ports),
+        worker_metrics_port=0,
+        temporal_task_queue="penny-chaos",
+    )
+
+
+def run_chaos(options: ChaosOptions) -> ChaosReport:
+    """Run the soak (starting its own stack unless `options.api_url` is given); the report says PASS or FAIL."""
+    if not 1 <= options.orders <= ORDERS_MAX:
+        raise ValueError(f"--orders must be between 1 and {ORDERS_MAX}")
+    if not 1 <= options.concurrency <= CONCURRENCY_MAX:
+        raise ValueError(f"--concurrency must be between 1 and {CONCURRENCY_MAX}")
+    if options.api_url is not None:
+        raise NotImplementedError("targeting a running stack: see run_chaos_against (not built yet)")
+    from penny.stack import Stack
+
+    started = time.monotonic()
+    data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="penny-chaos-"))
+    # The stack's children read these: compressed payment waits; a key whose request died with a
+    # killed API is taken over sooner (it must still outlive the first-milestone wait).
+    os.environ["PENNY_PAYMENT_TIMINGS"] = json.dumps(CHAOS_PAYMENT_TIMINGS)
+    os.environ["PENNY_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS"] = str(CHAOS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS)
+    settings = _free_settings(data_dir)
+    stack = Stack(settings)
+    process_counts: Counter[str] = Counter()
+    try:
+        stack.start()
+        for _ in range(options.workers - 1):
+            stack.add_worker()
+        assert stack.dev_api_key is not None
+        api_url = f"http://{settings.host}:{settings.api_port}"
+        emulator_url = settings.effective_stripe_api_base
+        run = ChaosRun(options, api_url, stack.dev_api_key, emulator_url)
+        say(
+            f"penny chaos: seed {options.seed}, {options.orders} orders, concurrency {options.concurrency}, "
+            f"data in {data_dir}"
+        )
+        driver = threading.Thread(target=lambda: asyncio.run(run.drive()), name="chaos-driver", daemon=True)
+        driver.start()
+
+        def driven() -> bool:
+            run.process_step(stack, process_counts)
+            return not driver.is_alive()
+
+        stack.supervise_until(driven, float("inf"))
+        say("  chaos: all orders driven; faults off, waiting for quiescence")
+        faults = asyncio.run(_faults_fired(emulator_url))
+        asyncio.run(_faults_off(emulator_url))
+        final_states = _wait_quiescent(run, settings.effective_database_url, stack.supervise_until)
+        faults.update(process_counts)
+        faults["client retries"] = run.state.client_retries
+        faults["card numbers refused"] = run.state.refused_card_numbers
+        invariants = asyncio.run(
+            _check(
+                settings.effective_database_url,
+                emulator_url,
+                settings.effective_temporal_address,
+                settings.temporal_namespace,
+                stack.logs_dir,
+                run,
+            )
+        )
+        return ChaosReport(
+            seed=options.seed,
+            orders=options.orders,
+            duration_seconds=time.monotonic() - started,
+            final_states=dict(final_states),
+            faults=dict(faults),
+            invariants=invariants,
+            unexpected=list(run.state.unexpected),
+        )
+    finally:
+        stack.stop()
+        if not options.keep_data and options.data_dir is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
