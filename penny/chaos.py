@@ -330,9 +330,6 @@ class ChaosOptions:
     seed: int
     concurrency: int = 16
     workers: int = 1
-    api_url: str | None = None
-    api_key: str | None = None
-    emulator_url: str | None = None
     keep_data: bool = False
     data_dir: Path | None = None
 
@@ -379,6 +376,7 @@ class ChaosRun:
         self.done = threading.Event()
         self.flaky_rule_id: str | None = None
         self._extra_worker: str | None = None
+        self.process_counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ safety phase (async thread)
 
@@ -498,7 +496,7 @@ class ChaosRun:
         with self.state.lock:
             return self.state.started / max(1, len(self.plans))
 
-    def process_step(self, stack: Any, counts: Counter[str]) -> None:
+    def process_step(self, stack: Any) -> None:
         """Run the process events whose time (progress) has come; called from the supervising thread."""
         progress = self.progress()
         for event in self.fault_plan.process_events:
@@ -513,7 +511,7 @@ class ChaosRun:
                 self._extra_worker = stack.add_worker()
             elif event.action == "remove_worker" and self._extra_worker is not None:
                 stack.remove_worker(self._extra_worker)
-            counts[event.action] += 1
+            self.process_counts[event.action] += 1
             say(f"  chaos: {event.action} at {progress:.0%} of orders")
 
 
@@ -627,17 +625,86 @@ def _free_settings(data_dir: Path) -> Settings:
     )
 
 
-def run_chaos(options: ChaosOptions) -> ChaosReport:
-    """Run the soak (starting its own stack unless `options.api_url` is given); the report says PASS or FAIL."""
+@dataclass
+class Target:
+    """Where the soak runs: the API, the emulator, the database and Temporal it checks."""
+
+    api_url: str
+    api_key: str
+    emulator_url: str
+    database_url: str
+    temporal_address: str
+    namespace: str
+    logs_dir: Path | None
+
+
+def _wait_until(condition: Callable[[], bool], timeout_seconds: float) -> bool:
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _soak(
+    options: ChaosOptions,
+    target: Target,
+    supervise: Callable[[Callable[[], bool], float], bool],
+    process_step: Callable[[ChaosRun], None] | None,
+    started: float,
+) -> ChaosReport:
+    run = ChaosRun(options, target.api_url, target.api_key, target.emulator_url)
+    say(f"penny chaos: seed {options.seed}, {options.orders} orders, concurrency {options.concurrency}")
+    driver = threading.Thread(target=lambda: asyncio.run(run.drive()), name="chaos-driver", daemon=True)
+    driver.start()
+
+    def driven() -> bool:
+        if process_step is not None:
+            process_step(run)
+        return not driver.is_alive()
+
+    supervise(driven, float("inf"))
+    say("  chaos: all orders driven; faults off, waiting for quiescence")
+    faults = asyncio.run(_faults_fired(target.emulator_url))
+    asyncio.run(_faults_off(target.emulator_url))
+    final_states = _wait_quiescent(run, target.database_url, supervise)
+    faults.update(run.process_counts)
+    faults["client retries"] = run.state.client_retries
+    faults["card numbers refused"] = run.state.refused_card_numbers
+    invariants = asyncio.run(
+        _check(
+            target.database_url, target.emulator_url, target.temporal_address, target.namespace, target.logs_dir, run
+        )
+    )
+    return ChaosReport(
+        seed=options.seed,
+        orders=options.orders,
+        duration_seconds=time.monotonic() - started,
+        final_states=dict(final_states),
+        faults=dict(faults),
+        invariants=invariants,
+        unexpected=list(run.state.unexpected),
+    )
+
+
+def run_chaos(options: ChaosOptions, external: Target | None = None) -> ChaosReport:
+    """Run the soak and return its report (PASS or FAIL).
+
+    Without `external`, the run starts its own stack (as `penny dev` does) in a temporary data
+    directory on free ports and kills and adds processes from the seed. With `external` (a
+    running stack: `penny chaos --api ...`), it drives and checks that stack but kills nothing;
+    note that it injects faults into that stack's emulator and moves its clock.
+    """
     if not 1 <= options.orders <= ORDERS_MAX:
         raise ValueError(f"--orders must be between 1 and {ORDERS_MAX}")
     if not 1 <= options.concurrency <= CONCURRENCY_MAX:
         raise ValueError(f"--concurrency must be between 1 and {CONCURRENCY_MAX}")
-    if options.api_url is not None:
-        raise NotImplementedError("targeting a running stack: see run_chaos_against (not built yet)")
+    started = time.monotonic()
+    if external is not None:
+        return _soak(options, external, _wait_until, None, started)
     from penny.stack import Stack
 
-    started = time.monotonic()
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="penny-chaos-"))
     # The stack's children read these: compressed payment waits; a key whose request died with a
     # killed API is taken over sooner (it must still outlive the first-milestone wait).
@@ -645,53 +712,22 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
     os.environ["PENNY_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS"] = str(CHAOS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS)
     settings = _free_settings(data_dir)
     stack = Stack(settings)
-    process_counts: Counter[str] = Counter()
     try:
         stack.start()
         for _ in range(options.workers - 1):
             stack.add_worker()
         assert stack.dev_api_key is not None
-        api_url = f"http://{settings.host}:{settings.api_port}"
-        emulator_url = settings.effective_stripe_api_base
-        run = ChaosRun(options, api_url, stack.dev_api_key, emulator_url)
-        say(
-            f"penny chaos: seed {options.seed}, {options.orders} orders, concurrency {options.concurrency}, "
-            f"data in {data_dir}"
+        say(f"  chaos: data in {data_dir}")
+        target = Target(
+            api_url=f"http://{settings.host}:{settings.api_port}",
+            api_key=stack.dev_api_key,
+            emulator_url=settings.effective_stripe_api_base,
+            database_url=settings.effective_database_url,
+            temporal_address=settings.effective_temporal_address,
+            namespace=settings.temporal_namespace,
+            logs_dir=stack.logs_dir,
         )
-        driver = threading.Thread(target=lambda: asyncio.run(run.drive()), name="chaos-driver", daemon=True)
-        driver.start()
-
-        def driven() -> bool:
-            run.process_step(stack, process_counts)
-            return not driver.is_alive()
-
-        stack.supervise_until(driven, float("inf"))
-        say("  chaos: all orders driven; faults off, waiting for quiescence")
-        faults = asyncio.run(_faults_fired(emulator_url))
-        asyncio.run(_faults_off(emulator_url))
-        final_states = _wait_quiescent(run, settings.effective_database_url, stack.supervise_until)
-        faults.update(process_counts)
-        faults["client retries"] = run.state.client_retries
-        faults["card numbers refused"] = run.state.refused_card_numbers
-        invariants = asyncio.run(
-            _check(
-                settings.effective_database_url,
-                emulator_url,
-                settings.effective_temporal_address,
-                settings.temporal_namespace,
-                stack.logs_dir,
-                run,
-            )
-        )
-        return ChaosReport(
-            seed=options.seed,
-            orders=options.orders,
-            duration_seconds=time.monotonic() - started,
-            final_states=dict(final_states),
-            faults=dict(faults),
-            invariants=invariants,
-            unexpected=list(run.state.unexpected),
-        )
+        return _soak(options, target, stack.supervise_until, lambda run: run.process_step(stack), started)
     finally:
         stack.stop()
         if not options.keep_data and options.data_dir is None:

@@ -14,6 +14,7 @@ penny keys create --role merchant|ops [--name NAME]   print a new API key (shown
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -181,9 +182,25 @@ def command_keys_create(args: argparse.Namespace) -> int:
 def command_chaos(args: argparse.Namespace) -> int:
     import random
 
-    from penny.chaos import ChaosOptions, run_chaos
+    from penny.chaos import ChaosOptions, Target, run_chaos
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    external = None
+    if args.api:
+        settings = _load_settings()
+        api_key = args.api_key or os.environ.get("PENNY_CHAOS_API_KEY")
+        if not api_key:
+            print("penny chaos: --api needs --api-key (a merchant key) or PENNY_CHAOS_API_KEY", file=sys.stderr)
+            return 2
+        external = Target(
+            api_url=args.api,
+            api_key=api_key,
+            emulator_url=settings.effective_stripe_api_base,
+            database_url=settings.effective_database_url,
+            temporal_address=settings.effective_temporal_address,
+            namespace=settings.temporal_namespace,
+            logs_dir=settings.data_dir / "logs",
+        )
     options = ChaosOptions(
         orders=args.orders,
         seed=seed,
@@ -192,7 +209,7 @@ def command_chaos(args: argparse.Namespace) -> int:
         keep_data=args.keep_data,
     )
     print(f"penny chaos: seed {seed} (replay with --seed {seed})", flush=True)
-    report = run_chaos(options)
+    report = run_chaos(options, external)
     print(report.render(), flush=True)
     return 0 if report.violations == 0 else 1
 
@@ -229,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--concurrency", type=int, default=16, help="orders in flight at once")
     chaos.add_argument("--workers", type=int, default=1, help="worker processes on the task queue")
     chaos.add_argument("--keep-data", action="store_true", help="keep the run's data directory (logs, databases)")
+    chaos.add_argument(
+        "--api",
+        default=None,
+        help="target a running stack's API instead of starting one (its emulator, database and Temporal come from "
+        "the usual settings; nothing is killed)",
+    )
+    chaos.add_argument("--api-key", default=None, help="a merchant API key for --api")
     chaos.set_defaults(handler=command_chaos)
 
     config = commands.add_parser("config", help="print the configuration table")
