@@ -46,6 +46,7 @@ import httpx
 
 from penny.chaos_checks import ClientRecord, InvariantResult, check_invariants, format_report
 from penny.settings import Settings
+from stripe_emulator.control import EmulatorControlError
 
 # Compressed waits for payments the chaos API starts (PENNY_PAYMENT_TIMINGS): every path of a
 # payment's life fits in a run; the logic is the production logic.
@@ -259,6 +260,7 @@ class ChaosState:
     finished: int = 0
     client_retries: int = 0
     refused_card_numbers: int = 0
+    late_customers: int = 0
     unexpected: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -452,7 +454,14 @@ class ChaosRun:
             payment = await self._wait_status(client, payment_id, ("requires_action",), payment)
             intent_id = payment.get("stripe_payment_intent_id")
             if payment.get("status") == "requires_action" and intent_id:
-                await control.complete_action(intent_id, "succeed")
+                try:
+                    await control.complete_action(intent_id, "succeed")
+                except EmulatorControlError as error:
+                    # The customer came back too late: the payment was abandoned (canceled) first.
+                    if "payment_intent_unexpected_state" not in str(error):
+                        raise
+                    with self.state.lock:
+                        self.state.late_customers += 1
         elif plan.kind in ("dispute_won", "dispute_lost"):
             await self._close_dispute(client, control, plan, payment_id, payment)
 
@@ -672,6 +681,7 @@ def _soak(
     faults.update(run.process_counts)
     faults["client retries"] = run.state.client_retries
     faults["card numbers refused"] = run.state.refused_card_numbers
+    faults["3-D Secure completed too late"] = run.state.late_customers
     invariants = asyncio.run(
         _check(
             target.database_url, target.emulator_url, target.temporal_address, target.namespace, target.logs_dir, run

@@ -681,6 +681,37 @@ async def test_dispute_events_out_of_order_book_once_and_a_won_dispute_settles(p
     assert [key.rsplit(":", 1)[1] for key in keys] == ["opened", "won"]
 
 
+async def test_dispute_lost_before_the_first_step_after_capture_still_books_the_destination_charge(
+    payment_stack: PaymentStack,
+) -> None:
+    """Found by `penny chaos` (seed 7): the create's answer is lost (timeout after commit), the dispute
+    opens and is lost at Stripe meanwhile, and both events are queued before the payment's first step
+    after capture. The payment ends REVERSED; the seller's destination transfer, made by Stripe with
+    the charge, must still be in the ledger."""
+    payment_stack.emulator.control.add_fault("POST", "/v1/payment_intents", "timeout_after", count=1, latency_seconds=6)
+    payment = new_order(payment_method="pm_card_createDispute")
+    starting = asyncio.create_task(start(payment_stack, payment))
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (intents := intents_for(payment_stack, payment.order_id)):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.1)
+    dispute = await dispute_of(payment_stack, intents[0]["id"])
+    payment_stack.emulator.control.close_dispute(dispute["id"], "lost")
+    handle = payment_stack.client.get_workflow_handle(f"payment-{payment.order_id}", result_type=PaymentState)
+    await signal_dispute(handle, dispute, "charge.dispute.created")
+    await signal_dispute(handle, dispute, "charge.dispute.closed")
+    await starting
+    final = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT_SECONDS)
+    assert final.status == "REVERSED" and final.split is not None
+    [transfer] = transfers_for(payment_stack, payment.order_id)  # Stripe's destination transfer
+    seller = payment.recipients[0].account_id
+    assert transfer["destination"] == seller
+    postings = await postings_by_account(payment_stack, final.payment_id)
+    assert f"seller:{seller}:payable:usd" not in postings, "the seller's share was owed and then paid"
+    assert [(record.account_id, record.booked) for record in final.transfers] == [(seller, True)]
+    assert postings["platform:disputes:usd"] == 9999 + sum(bt["fee"] for bt in dispute["balance_transactions"])
+
+
 # ---------------------------------------------------------------------------------------- Why 11
 
 

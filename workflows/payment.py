@@ -329,6 +329,14 @@ class PaymentWorkflow(EventSteps):
         status = S(state.status)
         timings = self._timings()
         now = workflow.now().timestamp()
+        if status in core.MONEY_MOVED_STATES and self._disbursement_pending():
+            # Captured money is disbursed whatever came after the capture (a dispute, even one
+            # lost at once): the recipients were owed at capture, a destination charge has paid
+            # its seller at Stripe already, and the platform bears a lost dispute (booked apart).
+            async with self._lock:
+                if S(state.status) is status:
+                    await self._disburse()
+            return True
         if status in TERMINAL_STATES:
             return False
         if state.charge_requested and status in (S.CREATED, S.PROCESSING):
@@ -365,12 +373,6 @@ class PaymentWorkflow(EventSteps):
                         await self._cancel_intent("abandoned", actor="timer", why="authorization expired")
         elif status is S.CAPTURED:
             await self._after_capture()
-        elif self._disbursement_pending():
-            # SETTLED, DISPUTED, PARTIALLY_REFUNDED before the recipients were paid (a dispute
-            # that arrived right after capture): they are paid all the same, exactly once.
-            async with self._lock:
-                if S(state.status) is status:
-                    await self._disburse()
         else:
             # SETTLED, DISPUTED, PARTIALLY_REFUNDED: open for disputes until the window ends.
             if state.dispute_window_ends_unix_seconds is None:

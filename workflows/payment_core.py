@@ -39,6 +39,8 @@ INTENT_STATUS_TARGETS: dict[str, PaymentStatus] = {
 PRE_CAPTURE = frozenset({S.CREATED, S.REQUIRES_PAYMENT_METHOD, S.REQUIRES_ACTION, S.PROCESSING})
 # States in which Stripe holds a succeeded charge for the payment.
 MONEY_CAPTURED = frozenset({S.CAPTURED, S.SETTLED, S.PARTIALLY_REFUNDED, S.DISPUTED})
+# States after a capture, in which the captured money must be disbursed.
+MONEY_MOVED_STATES = frozenset({*MONEY_CAPTURED, S.REVERSED, S.REFUNDED})
 RESOLUTION_EVENTS: dict[PaymentStatus, PaymentEvent] = {
     S.CAPTURED: E.RESOLVE_CAPTURED,
     S.AUTHORIZED: E.RESOLVE_AUTHORIZED,

@@ -38,13 +38,8 @@ from workflows.payment_shell import TRANSFER_ROUNDS_MAX, E, S, StepFailed
 
 class DisbursementSteps(ChargeSteps):
     async def _after_capture(self) -> None:
-        """CAPTURED: pay every recipient, then wait for Stripe to make the funds available."""
+        """CAPTURED and disbursed (see PaymentWorkflow._step): wait for Stripe to make the funds available."""
         state = self._require_state()
-        if self._disbursement_pending():
-            async with self._lock:
-                if S(state.status) is S.CAPTURED:
-                    await self._disburse()
-            return
         timings = self._timings()
         now = workflow.now().timestamp()
         if state.settlement_deadline_unix_seconds is None:
