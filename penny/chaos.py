@@ -55,7 +55,9 @@ CHAOS_PAYMENT_TIMINGS: dict[str, float | int] = {
     "requires_action_timeout_seconds": 25,
     "processing_poll_interval_seconds": 2,
     "processing_polls_max": 40,
-    "settlement_poll_interval_seconds": 5,
+    # Funds become available only once the liveness phase moves the emulator's clock; then the
+    # balance.available webhook wakes every CAPTURED payment. A slow poll keeps the safety phase light.
+    "settlement_poll_interval_seconds": 60,
     "settlement_timeout_seconds": 1800,
     "dispute_window_seconds": 3600,
     "stripe_attempts_max": 6,
@@ -63,6 +65,10 @@ CHAOS_PAYMENT_TIMINGS: dict[str, float | int] = {
     "stripe_maximum_interval_seconds": 2.0,
     "stripe_call_timeout_seconds": 15.0,
     "uncertain_rounds_max": 3,
+    # A flaky account's transfers are retried for about 8 minutes before review.
+    "transfer_rounds_max": 12,
+    "transfer_retry_initial_seconds": 5.0,
+    "transfer_retry_maximum_seconds": 60.0,
     "database_attempts_max": 10,
     "database_maximum_interval_seconds": 5.0,
 }
@@ -245,7 +251,7 @@ def plan_faults(rng: random.Random, run_tag: str, workers: int) -> FaultPlan:
         events.append(ProcessEvent(start, "add_worker"))
         events.append(ProcessEvent(start + rng.uniform(0.3, 0.45), "remove_worker"))
     events.sort(key=lambda event: event.at_progress)
-    return FaultPlan(rules, webhook_rules, f"acct_{run_tag}flaky", rng.uniform(0.3, 0.6), events)
+    return FaultPlan(rules, webhook_rules, f"acct_{run_tag}flaky", rng.uniform(0.1, 0.3), events)
 
 
 # ====================================================================================== clients

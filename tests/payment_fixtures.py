@@ -30,6 +30,9 @@ FAST_TIMINGS = PaymentTimings(
     stripe_maximum_interval_seconds=0.5,
     stripe_call_timeout_seconds=5.0,
     uncertain_rounds_max=2,
+    transfer_rounds_max=3,
+    transfer_retry_initial_seconds=0.5,
+    transfer_retry_maximum_seconds=1.0,
 )
 
 

@@ -282,6 +282,32 @@ async def test_why3_retry_after_failed_transfer_pays_only_the_unpaid_recipient(p
     assert await ledger_findings(payment_stack) == []
 
 
+async def test_a_recipient_whose_transfers_fail_for_a_while_is_paid_once_when_it_recovers(
+    payment_stack: PaymentStack,
+) -> None:
+    """One connected account refuses transfers for a while: later rounds (backoff) pay it, no human needed."""
+    timings = replace(FAST_TIMINGS, transfer_rounds_max=30, transfer_retry_initial_seconds=0.5)
+    payment = two_recipient_order(timings=timings)
+    driver = payment.recipients[1].account_id
+    flaky = payment_stack.emulator.control.add_fault(
+        "POST", "/v1/transfers", "error_500_before", params={"destination": driver}
+    )
+    state, handle = await start(payment_stack, payment)
+    deadline = asyncio.get_running_loop().time() + 30
+    while (await handle.query(QUERY_STATE, result_type=PaymentState)).transfer_rounds < 2:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.2)
+    payment_stack.emulator.control.remove_fault(flaky)
+    final = await settle(payment_stack, handle)
+    assert final.status == "SETTLED" and final.split is not None
+    transfers = transfers_for(payment_stack, payment.order_id)
+    assert sorted((t["destination"], t["amount"]) for t in transfers) == sorted(
+        (part.account_id, part.amount) for part in final.split.parts
+    )
+    assert await review_items(payment_stack, state.payment_id) == []
+    assert final.transfer_rounds == 0 and final.transfer_next_round_unix_seconds is None
+
+
 # ---------------------------------------------------------------------------------------- Why 4 and 10
 
 

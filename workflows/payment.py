@@ -333,6 +333,10 @@ class PaymentWorkflow(EventSteps):
             # Captured money is disbursed whatever came after the capture (a dispute, even one
             # lost at once): the recipients were owed at capture, a destination charge has paid
             # its seller at Stripe already, and the platform bears a lost dispute (booked apart).
+            wait_seconds = self._transfer_wait_seconds()
+            if wait_seconds > 0:
+                await self._wait_for_change(status, wait_seconds)
+                return True
             async with self._lock:
                 if S(state.status) is status:
                     await self._disburse()

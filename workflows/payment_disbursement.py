@@ -33,7 +33,7 @@ from workflows.payment_models import (
     TRANSFER_SUCCEEDED,
     TransferRecord,
 )
-from workflows.payment_shell import TRANSFER_ROUNDS_MAX, E, S, StepFailed
+from workflows.payment_shell import E, S, StepFailed
 
 
 class DisbursementSteps(ChargeSteps):
@@ -83,31 +83,50 @@ class DisbursementSteps(ChargeSteps):
             not state.fee_booked or any(not record.booked for record in state.transfers)
         )
 
+    def _transfer_wait_seconds(self) -> float:
+        """Seconds until the next transfer round may run (0: now)."""
+        next_round = self._require_state().transfer_next_round_unix_seconds
+        return 0.0 if next_round is None else max(0.0, next_round - workflow.now().timestamp())
+
     async def _disburse(self) -> None:
-        """Book Stripe's fee, then pay each recipient still unpaid, exactly once, with its own key."""
+        """One round: book Stripe's fee, then pay each recipient still unpaid, exactly once, with its own key.
+
+        A round that leaves a recipient unpaid schedules the next one (backoff from PaymentTimings);
+        the wait happens outside the lock, so events and updates are handled meanwhile. After
+        transfer_rounds_max rounds the payment goes to review; an operator's retry starts afresh.
+        """
         state = self._require_state()
+        timings = self._timings()
         if state.split is None:
             state.fee_booked = True
             return
         if not state.fee_booked:
             await self._book_fee()
-        for round_number in range(1, TRANSFER_ROUNDS_MAX + 1):
-            for record in state.transfers:
-                if record.transfer_id is None:
-                    await self._transfer(record)
-                elif not record.booked:
-                    await self._book_transfer(record)
-            if all(record.booked for record in state.transfers):
-                return
-            if round_number < TRANSFER_ROUNDS_MAX:
-                await workflow.sleep(timedelta(seconds=self._timings().processing_poll_interval_seconds))
+        for record in state.transfers:
+            if record.transfer_id is None:
+                await self._transfer(record)
+            elif not record.booked:
+                await self._book_transfer(record)
+        if all(record.booked for record in state.transfers):
+            state.transfer_rounds, state.transfer_next_round_unix_seconds = 0, None
+            return
+        state.transfer_rounds += 1
+        if state.transfer_rounds < timings.transfer_rounds_max:
+            delay = min(
+                timings.transfer_retry_initial_seconds * 2 ** (state.transfer_rounds - 1),
+                timings.transfer_retry_maximum_seconds,
+            )
+            state.transfer_next_round_unix_seconds = workflow.now().timestamp() + delay
+            self._note(f"transfer round {state.transfer_rounds} left recipients unpaid; next round in {delay:.0f} s")
+            return
+        rounds, state.transfer_rounds, state.transfer_next_round_unix_seconds = state.transfer_rounds, 0, None
         unpaid = [record for record in state.transfers if record.transfer_id is None]
         for record in unpaid:
             record.status = TRANSFER_IN_REVIEW
         failure = StepFailed(
             "transfer",
             "TransferFailed",
-            f"{len(unpaid)} of {len(state.transfers)} transfers failed after {TRANSFER_ROUNDS_MAX} rounds",
+            f"{len(unpaid)} of {len(state.transfers)} transfers failed after {rounds} rounds",
             kind="transfer_failed",
             resume="resolve with `retry`: only the unpaid recipients are paid, each looked up first",
         )

@@ -67,6 +67,12 @@ class PaymentTimings:
     # Stripe forgets an idempotency key after 24 h: a step first tried longer ago than this
     # looks its object up first and, when it must act again, does so under a new key.
     stripe_key_reuse_margin_seconds: int = 20 * 3600
+    # A recipient whose transfer fails (an account restricted for a while) is retried in rounds,
+    # the first after transfer_retry_initial_seconds, doubling up to transfer_retry_maximum_seconds,
+    # transfer_rounds_max rounds in all; then the payment goes to review.
+    transfer_rounds_max: int = 8
+    transfer_retry_initial_seconds: float = 60.0
+    transfer_retry_maximum_seconds: float = 3600.0
     # Continue as new once the history is this long (0: when Temporal suggests it).
     continue_as_new_history_length_max: int = 0
 
@@ -186,6 +192,8 @@ class PaymentState:
     settlement_hint: bool = False
     dispute_window_ends_unix_seconds: float | None = None
     processing_polls: int = 0
+    transfer_rounds: int = 0
+    transfer_next_round_unix_seconds: float | None = None
     unknown_status_polls: int = 0
     stripe_steps: dict[str, StripeStep] = field(default_factory=dict)
     continued_as_new: int = 0

@@ -62,7 +62,6 @@ FIRST_MILESTONE_WAIT_SECONDS_DEFAULT = 20
 FIRST_MILESTONE_WAIT_SECONDS_MAX = 60
 PROCESSED_EVENT_IDS_MAX = 500
 HISTORY_LINES_MAX = 200
-TRANSFER_ROUNDS_MAX = 3
 # Preparing the payment (its row does not exist yet, so it cannot go to review): this many
 # rounds of capped database retries, a poll interval apart, then the payment FAILS as
 # `not_recorded` (nothing was sent to Stripe, no money moved).
