@@ -34,6 +34,9 @@ logger = logging.getLogger("penny.worker")
 # Bounded concurrency per worker process (TIGER_STYLE: a limit on everything).
 MAX_CONCURRENT_ACTIVITIES = 200
 MAX_CONCURRENT_WORKFLOW_TASKS = 200
+# Payment workflows stay open for weeks (authorisation, settlement, dispute window); a cache
+# smaller than the open set makes every wake-up replay a whole history.
+MAX_CACHED_WORKFLOWS = 10_000
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 
 
@@ -98,6 +101,7 @@ def build_worker(client: Client, engine: AsyncEngine, settings: Settings, task_q
         activities=list(activity_functions(engine, settings, client)),
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         max_concurrent_workflow_tasks=MAX_CONCURRENT_WORKFLOW_TASKS,
+        max_cached_workflows=MAX_CACHED_WORKFLOWS,
         workflow_runner=workflow_runner(),
     )
 
