@@ -746,14 +746,18 @@ def run_chaos(options: ChaosOptions, external: Target | None = None) -> ChaosRep
 
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="penny-chaos-"))
     # The stack's children read these: compressed payment waits; a key whose request died with a
-    # killed API is taken over sooner (it must still outlive the first-milestone wait).
-    os.environ["PENNY_PAYMENT_TIMINGS"] = json.dumps(CHAOS_PAYMENT_TIMINGS)
-    os.environ["PENNY_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS"] = str(CHAOS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS)
-    # The run moves the emulator's clock by days to settle payments while requests are in flight;
-    # in real time those requests are seconds apart, so Stripe would still hold their keys. Keep
-    # the emulator's key memory longer than all the jumps (found by chaos seed 3: a retry of a
-    # committed create, landing right after a jump that pruned its key, charged a second time).
-    os.environ["PENNY_EMULATOR_IDEMPOTENCY_WINDOW_SECONDS"] = str(CHAOS_EMULATOR_IDEMPOTENCY_WINDOW_SECONDS)
+    # killed API is taken over sooner (it must still outlive the first-milestone wait). The run
+    # moves the emulator's clock by days to settle payments while requests are in flight; in real
+    # time those requests are seconds apart, so Stripe would still hold their keys: the emulator
+    # keeps keys longer than all the jumps (found by chaos seed 3: a retry of a committed create,
+    # landing right after a jump that pruned its key, charged a second time). Restored afterwards.
+    chaos_environment = {
+        "PENNY_PAYMENT_TIMINGS": json.dumps(CHAOS_PAYMENT_TIMINGS),
+        "PENNY_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS": str(CHAOS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS),
+        "PENNY_EMULATOR_IDEMPOTENCY_WINDOW_SECONDS": str(CHAOS_EMULATOR_IDEMPOTENCY_WINDOW_SECONDS),
+    }
+    saved_environment = {name: os.environ.get(name) for name in chaos_environment}
+    os.environ.update(chaos_environment)
     settings = _free_settings(data_dir)
     stack = Stack(settings)
     try:
@@ -774,5 +778,10 @@ def run_chaos(options: ChaosOptions, external: Target | None = None) -> ChaosRep
         return _soak(options, target, stack.supervise_until, lambda run: run.process_step(stack), started)
     finally:
         stack.stop()
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if not options.keep_data and options.data_dir is None:
             shutil.rmtree(data_dir, ignore_errors=True)
