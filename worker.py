@@ -89,6 +89,11 @@ def activity_functions(engine: AsyncEngine, settings: Settings, client: Client |
         stripe_calls.create_transfer,
         stripe_calls.charge_balance,
         stripe_calls.retrieve_dispute,
+        stripe_calls.create_refund,
+        stripe_calls.retrieve_refund,
+        stripe_calls.find_refund,
+        stripe_calls.reverse_transfer,
+        stripe_calls.find_reversal,
         webhook_relay.relay_webhook_events,
     ]
 

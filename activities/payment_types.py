@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workflows.payment_models import ComputedSplit, SplitRecipientSpec
+from workflows.payment_models import ComputedSplit, RefundRecord, SplitRecipientSpec
 
 TRANSITION_CONFLICT = "TransitionConflict"
 INVALID_PAYMENT_REQUEST = "InvalidPaymentRequest"
@@ -59,7 +59,10 @@ class LedgerAction:
     """One ledger write of a transition, built into postings by the activity (ledger.chart).
 
     kinds: authorization_hold, capture, release_hold, processing_fee, transfer, settlement,
-    dispute_opened (amount + fee), dispute_won, dispute_lost (reference: the dispute id).
+    dispute_opened (amount + fee), dispute_won, dispute_lost (reference: the dispute id),
+    refund (reference: Penny's refund id; `parts`: what each party gives back),
+    refund_recovery (amount, account_id, reference: the refund id, reversal_id),
+    refund_failed (reference, `parts`, `recovered`: what each recipient had given back).
     """
 
     kind: str
@@ -67,6 +70,9 @@ class LedgerAction:
     account_id: str = ""
     reference: str = ""
     fee: int = 0
+    parts: ComputedSplit | None = None
+    reversal_id: str = ""
+    recovered: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +102,7 @@ class PaymentRowUpdate:
     stripe_charge_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+    dispute_status: str | None = None
 
 
 @dataclass
@@ -115,6 +122,8 @@ class TransitionInput:
     details: dict[str, str] = field(default_factory=dict)
     # Resolves the payment's open review items in the same transaction.
     resolution: ReviewResolution | None = None
+    # The refund this transition books or updates (upserted into `refunds` in the same transaction).
+    refund: RefundRecord | None = None
     # Only for moving to NEEDS_REVIEW: apply whatever the row's status is (a conflict between
     # Penny's view and the row is itself a reason for review), recording the real from-status.
     force: bool = False

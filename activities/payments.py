@@ -37,7 +37,7 @@ from ledger import ledger as books
 from ledger.errors import LedgerError
 from ledger.money import CaptureSplit, SplitRecipient, compute_split, scale_split
 from penny import payment_metrics as metrics
-from workflows.payment_models import ComputedSplit, SplitPart
+from workflows.payment_models import ComputedSplit, RefundRecord, SplitPart
 
 # Risk limits (named; a payment over a limit is reviewed or blocked, never silently passed).
 RISK_REVIEW_AMOUNT_MINOR = 1_000_000  # above this (e.g. $10,000.00) a human looks first
@@ -256,6 +256,7 @@ class PaymentActivities:
                             stripe_charge_id = COALESCE(:charge_id, stripe_charge_id),
                             failure_code = COALESCE(:failure_code, failure_code),
                             failure_message = COALESCE(:failure_message, failure_message),
+                            dispute_status = COALESCE(:dispute_status, dispute_status),
                             version = version + 1,
                             updated_at = now()
                         WHERE id = :payment_id AND status = :expected_status
@@ -271,6 +272,7 @@ class PaymentActivities:
                         "charge_id": row.stripe_charge_id,
                         "failure_code": row.failure_code,
                         "failure_message": row.failure_message,
+                        "dispute_status": row.dispute_status,
                         "payment_id": request.payment_id,
                         "expected_status": from_status,
                     },
@@ -309,6 +311,8 @@ class PaymentActivities:
                 ledger_entry_ids=entry_ids,
                 details=details,
             )
+            if request.refund is not None:
+                await _upsert_refund(connection, request.payment_id, split.currency, request.refund)
             if request.resolution is not None:
                 await _resolve_review_items(connection, request.payment_id, request.resolution)
             if request.review is not None:
@@ -414,6 +418,14 @@ class PaymentActivities:
             draft = chart.dispute_won(payment_id, action.reference, action.amount, currency)
         elif action.kind == "dispute_lost":
             draft = chart.dispute_lost(payment_id, action.reference, action.amount, currency)
+        elif action.kind == "refund":
+            draft = chart.refund(payment_id, action.reference, _parts_to_ledger(action))
+        elif action.kind == "refund_recovery":
+            draft = chart.refund_recovery(
+                payment_id, action.reference, action.account_id, action.amount, currency, action.reversal_id
+            )
+        elif action.kind == "refund_failed":
+            draft = chart.refund_failed(payment_id, action.reference, _parts_to_ledger(action), action.recovered)
         else:
             raise ApplicationError(f"unknown ledger action {action.kind}", non_retryable=True)
         await books.open_accounts(connection, chart.accounts_for(draft))
@@ -489,6 +501,55 @@ class PaymentActivities:
                 "schema_version": OUTBOX_SCHEMA_VERSION,
             },
         )
+
+
+def _parts_to_ledger(action: LedgerAction) -> CaptureSplit:
+    if action.parts is None:
+        raise ApplicationError(f"ledger action {action.kind} needs its parts", non_retryable=True)
+    return _split_to_ledger(action.parts)
+
+
+async def _upsert_refund(connection: AsyncConnection, payment_id: str, currency: str, refund: RefundRecord) -> None:
+    """The refund's row, as the workflow knows it now (one row per refund, never deleted)."""
+    parts = {
+        "platform_fee": refund.platform_fee,
+        "tax": refund.tax,
+        "recipients": [{"account_id": part.account_id, "amount": part.amount} for part in refund.recipients],
+    }
+    recoveries = [
+        {"account_id": item.account_id, "amount": item.amount, "reversal_id": item.reversal_id, "booked": item.booked}
+        for item in refund.recoveries
+    ]
+    await connection.execute(
+        text(
+            """
+            INSERT INTO refunds (id, payment_id, amount, currency, reason, status, parts, recoveries,
+                                 stripe_refund_id, failure_reason, request_id)
+            VALUES (:id, :payment_id, :amount, :currency, :reason, :status, CAST(:parts AS jsonb),
+                    CAST(:recoveries AS jsonb), :stripe_refund_id, :failure_reason, :request_id)
+            ON CONFLICT (id) DO UPDATE SET
+                status = EXCLUDED.status,
+                recoveries = EXCLUDED.recoveries,
+                stripe_refund_id = COALESCE(EXCLUDED.stripe_refund_id, refunds.stripe_refund_id),
+                failure_reason = COALESCE(EXCLUDED.failure_reason, refunds.failure_reason),
+                updated_at = now()
+            WHERE refunds.payment_id = EXCLUDED.payment_id
+            """
+        ),
+        {
+            "id": refund.refund_id,
+            "payment_id": payment_id,
+            "amount": refund.amount,
+            "currency": currency,
+            "reason": refund.reason,
+            "status": refund.status,
+            "parts": json.dumps(parts),
+            "recoveries": json.dumps(recoveries),
+            "stripe_refund_id": refund.stripe_refund_id,
+            "failure_reason": (refund.failure_reason or None) and refund.failure_reason[:500],
+            "request_id": refund.request_id or None,
+        },
+    )
 
 
 async def _resolve_review_items(connection: AsyncConnection, payment_id: str, resolution: ReviewResolution) -> None:

@@ -37,10 +37,18 @@ from activities.stripe_types import (
     DisputeSnapshot,
     FindIntentInput,
     FindIntentResult,
+    FindRefundInput,
+    FindRefundResult,
+    FindReversalInput,
+    FindReversalResult,
     FindTransferInput,
     FindTransferResult,
     IntentActionInput,
     IntentSnapshot,
+    RefundInput,
+    RefundSnapshot,
+    ReversalInput,
+    ReversalResult,
     TransferInput,
     TransferResult,
 )
@@ -83,6 +91,29 @@ def snapshot(stripe_intent: Any) -> IntentSnapshot:
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
         order_id=metadata.get("order_id"),
+    )
+
+
+def refund_snapshot(stripe_refund: Any) -> RefundSnapshot:
+    refund = _plain(stripe_refund)
+    intent = refund.get("payment_intent")
+    return RefundSnapshot(
+        id=str(refund["id"]),
+        status=str(refund.get("status") or "pending"),
+        amount=int(refund["amount"]),
+        currency=str(refund["currency"]).upper(),
+        refund_id=(refund.get("metadata") or {}).get("refund_id"),
+        payment_intent=intent.get("id") if isinstance(intent, dict) else intent,
+        failure_reason=refund.get("failure_reason"),
+    )
+
+
+def _reversal(plain: dict[str, Any]) -> ReversalResult:
+    transfer = plain.get("transfer")
+    return ReversalResult(
+        reversal_id=str(plain["id"]),
+        amount=int(plain["amount"]),
+        transfer_id=str(transfer.get("id") if isinstance(transfer, dict) else transfer),
     )
 
 
@@ -312,3 +343,122 @@ class StripeActivities:
             charge=charge.get("id") if isinstance(charge, dict) else charge,
             payment_intent=intent.get("id") if isinstance(intent, dict) else intent,
         )
+
+    # ------------------------------------------------------------------ refunds
+
+    @activity.defn(name="stripe_create_refund")
+    async def create_refund(self, request: RefundInput) -> RefundSnapshot:
+        params: dict[str, Any] = {
+            "payment_intent": request.payment_intent_id,
+            "amount": request.amount,
+            "metadata": {
+                "refund_id": request.refund_id,
+                "payment_id": request.payment_id,
+                "order_id": request.order_id,
+            },
+        }
+        if request.reason:
+            params["reason"] = request.reason
+        try:
+            refund = await self._client.v1.refunds.create_async(
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as error:
+            raise _classify(error, "refund create", post=True) from error
+        return refund_snapshot(refund)
+
+    @activity.defn(name="stripe_retrieve_refund")
+    async def retrieve_refund(self, stripe_refund_id: str) -> RefundSnapshot:
+        try:
+            refund = await self._client.v1.refunds.retrieve_async(stripe_refund_id)
+        except stripe.StripeError as error:
+            raise _classify(error, "refund retrieve") from error
+        return refund_snapshot(refund)
+
+    @activity.defn(name="stripe_find_refund")
+    async def find_refund(self, request: FindRefundInput) -> FindRefundResult:
+        """Look a refund up by its PaymentIntent and Penny's refund id in metadata (a strongly consistent list)."""
+        matches: list[RefundSnapshot] = []
+        params: dict[str, Any] = {"payment_intent": request.payment_intent_id, "limit": TRANSFER_PAGE_SIZE}
+        try:
+            for _ in range(TRANSFER_PAGES_MAX):
+                page = await self._client.v1.refunds.list_async(params)  # type: ignore[arg-type]
+                matches.extend(
+                    found
+                    for found in (refund_snapshot(refund) for refund in page.data)
+                    if found.refund_id == request.refund_id
+                )
+                if not page.has_more or not page.data:
+                    break
+                params["starting_after"] = page.data[-1]["id"]
+        except stripe.StripeError as error:
+            raise _classify(error, "refund list") from error
+        if not matches:
+            return FindRefundResult(found=False)
+        return FindRefundResult(found=True, refund=matches[-1], matches=len(matches))
+
+    async def _transfer_of(self, transfer_id: str | None, charge_id: str | None) -> str:
+        if transfer_id:
+            return transfer_id
+        if not charge_id:
+            raise ApplicationError(
+                "a reversal needs a transfer or a charge", type=STRIPE_REQUEST_REFUSED, non_retryable=True
+            )
+        try:
+            charge = _plain(await self._client.v1.charges.retrieve_async(charge_id))
+        except stripe.StripeError as error:
+            raise _classify(error, "charge retrieve") from error
+        transfer = charge.get("transfer")
+        if not transfer:
+            raise ApplicationError(
+                f"charge {charge_id} has no transfer to reverse", type=STRIPE_REQUEST_REFUSED, non_retryable=True
+            )
+        return str(transfer.get("id") if isinstance(transfer, dict) else transfer)
+
+    @activity.defn(name="stripe_reverse_transfer")
+    async def reverse_transfer(self, request: ReversalInput) -> ReversalResult:
+        transfer_id = await self._transfer_of(request.transfer_id, request.charge_id)
+        params: dict[str, Any] = {
+            "amount": request.amount,
+            "metadata": {
+                "refund_id": request.refund_id,
+                "payment_id": request.payment_id,
+                "recipient": request.account_id,
+            },
+        }
+        try:
+            reversal = await self._client.v1.transfers.reversals.create_async(
+                transfer_id,
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as error:
+            raise _classify(error, "transfer reversal", post=True) from error
+        return _reversal(_plain(reversal))
+
+    @activity.defn(name="stripe_find_reversal")
+    async def find_reversal(self, request: FindReversalInput) -> FindReversalResult:
+        """Look a refund's reversal up among the transfer's reversals (by Penny's refund id and recipient)."""
+        transfer_id = await self._transfer_of(request.transfer_id, request.charge_id)
+        matches: list[ReversalResult] = []
+        params: dict[str, Any] = {"limit": TRANSFER_PAGE_SIZE}
+        try:
+            for _ in range(TRANSFER_PAGES_MAX):
+                page = await self._client.v1.transfers.reversals.list_async(transfer_id, params)  # type: ignore[arg-type]
+                for reversal in page.data:
+                    plain = _plain(reversal)
+                    metadata = plain.get("metadata") or {}
+                    if (
+                        metadata.get("refund_id") == request.refund_id
+                        and metadata.get("recipient") == request.account_id
+                    ):
+                        matches.append(_reversal(plain))
+                if not page.has_more or not page.data:
+                    break
+                params["starting_after"] = page.data[-1]["id"]
+        except stripe.StripeError as error:
+            raise _classify(error, "transfer reversal list") from error
+        if not matches:
+            return FindReversalResult(found=False)
+        return FindReversalResult(found=True, reversal=matches[-1], matches=len(matches))

@@ -130,3 +130,81 @@ class DisputeSnapshot:
     fee: int  # dispute fees Stripe withdrew with the disputed amount
     charge: str | None = None
     payment_intent: str | None = None
+
+
+@dataclass
+class RefundInput:
+    """A Stripe refund of a PaymentIntent; `refund_id` is Penny's, carried in metadata for look-ups."""
+
+    idempotency_key: str
+    payment_intent_id: str
+    amount: int
+    refund_id: str
+    payment_id: str
+    order_id: str
+    reason: str | None = None
+
+
+@dataclass
+class RefundSnapshot:
+    """A Stripe refund as Stripe reports it now."""
+
+    id: str
+    status: str  # pending | requires_action | succeeded | failed | canceled
+    amount: int
+    currency: str
+    refund_id: str | None = None  # Penny's id, from metadata
+    payment_intent: str | None = None
+    failure_reason: str | None = None
+
+
+@dataclass
+class FindRefundInput:
+    payment_intent_id: str
+    refund_id: str
+
+
+@dataclass
+class FindRefundResult:
+    found: bool
+    refund: RefundSnapshot | None = None
+    matches: int = 0
+
+
+@dataclass
+class ReversalInput:
+    """A transfer reversal recovering one recipient's share of a refund.
+
+    `transfer_id` is the recipient's transfer; for a destination charge pass `charge_id`
+    instead and the activity reverses the charge's own transfer.
+    """
+
+    idempotency_key: str
+    amount: int
+    refund_id: str
+    payment_id: str
+    account_id: str
+    transfer_id: str | None = None
+    charge_id: str | None = None
+
+
+@dataclass
+class ReversalResult:
+    reversal_id: str
+    amount: int
+    transfer_id: str
+
+
+@dataclass
+class FindReversalInput:
+    refund_id: str
+    account_id: str
+    transfer_id: str | None = None
+    charge_id: str | None = None
+
+
+@dataclass
+class FindReversalResult:
+    found: bool
+    reversal: ReversalResult | None = None
+    matches: int = 0

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
-from api import idempotency, ledger_views, payments, webhooks
+from api import idempotency, ledger_views, payments, refunds, webhooks
 from api.edge import EdgeMiddleware
 from api.errors import ApiError, api_error_handler, http_error_handler, validation_error_handler
 from api.health import check_postgres, check_stripe, check_temporal
@@ -143,6 +143,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.include_router(payments.router)
+    app.include_router(refunds.router)
     app.include_router(ledger_views.router)
     app.include_router(webhooks.router)
 

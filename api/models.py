@@ -184,6 +184,9 @@ class Payment(BaseModel):
     failure_message: str | None = None
     next_action: NextAction | None = None
     stripe_payment_intent_id: str | None = None
+    dispute_status: str | None = Field(
+        None, description="Stripe's status of the payment's latest dispute (needs_response, won, lost, warning_*)."
+    )
     created: int = Field(description="Unix time the payment was created.")
 
 
@@ -215,3 +218,59 @@ class PaymentEventList(BaseModel):
     url: str
     has_more: bool
     data: list[PaymentEventOut]
+
+
+RefundReason = Literal["duplicate", "fraudulent", "requested_by_customer"]
+RefundStatus = Literal["pending", "succeeded", "failed"]
+
+
+class RefundCreate(BaseModel):
+    model_config = _STRICT
+
+    amount: int | None = Field(
+        None, ge=1, description="Minor units to refund; omit to refund all that remains.", examples=[2500]
+    )
+    reason: RefundReason | None = Field(None, description="Why, as Stripe's refund reasons.")
+
+
+class RefundPartOut(BaseModel):
+    account_id: str
+    amount: int = Field(description="Minor units this recipient gives back.")
+
+
+class RefundParts(BaseModel):
+    platform_fee_amount: int = Field(description="Minor units of the platform fee given back.")
+    tax_amount: int = Field(description="Minor units of tax given back.")
+    recipients: list[RefundPartOut]
+
+
+class RefundRecoveryOut(BaseModel):
+    account_id: str
+    amount: int
+    transfer_reversal: str | None = Field(None, description="Stripe transfer reversal id, once it landed.")
+    recovered: bool
+
+
+class Refund(BaseModel):
+    id: str = Field(description="Penny refund id, `rf_...` (derived from the request's Idempotency-Key).")
+    object: Literal["refund"] = "refund"
+    payment: str
+    amount: int
+    currency: str
+    reason: RefundReason | None = None
+    status: RefundStatus = Field(
+        description="pending: Stripe has not confirmed it or recipients' shares are still being recovered; "
+        "succeeded; failed (Stripe refused it, or it failed later: see failure_reason)."
+    )
+    parts: RefundParts
+    recoveries: list[RefundRecoveryOut]
+    stripe_refund_id: str | None = None
+    failure_reason: str | None = None
+    created: int
+
+
+class RefundList(BaseModel):
+    object: Literal["list"] = "list"
+    url: str
+    has_more: bool
+    data: list[Refund]

@@ -143,6 +143,7 @@ def payment_from_row(row: Any) -> dict[str, Any]:
         failure_code=row.failure_code,
         failure_message=row.failure_message,
         stripe_payment_intent_id=row.stripe_payment_intent_id,
+        dispute_status=row.dispute_status,
         created=_unix(row.created_at),
     ).model_dump(mode="json")
 
@@ -165,6 +166,7 @@ def payment_from_state(state: PaymentState, metadata: dict[str, str], created: d
         failure_message=state.failure_message,
         next_action={"url": state.next_action_url} if state.next_action_url else None,  # type: ignore[arg-type]
         stripe_payment_intent_id=state.stripe_payment_intent_id,
+        dispute_status=state.dispute_status,
         created=_unix(created),
     ).model_dump(mode="json")
 
@@ -299,6 +301,7 @@ async def create_payment(
         if existing is not None and existing.request_fingerprint not in ("", fingerprint):
             raise _order_conflict()
         payment = _payment_input(body, fingerprint, request_id, request.app.state.payment_timings)
+        payment.refund_policy = _settings(request).refund_policy
         try:
             state = await start_payment(client, settings, payment)
         except OrderClosed:

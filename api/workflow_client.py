@@ -27,10 +27,13 @@ from workflows.payment_models import (
     UPDATE_CANCEL,
     UPDATE_CAPTURE,
     UPDATE_FIRST_MILESTONE,
+    UPDATE_REFUND,
     CancelRequest,
     CaptureRequest,
     PaymentInput,
     PaymentState,
+    RefundRecord,
+    RefundRequest,
     workflow_id_for_order,
 )
 
@@ -60,6 +63,16 @@ def _refusal(error: WorkflowUpdateFailedError) -> ApiError:
             return invalid_request("payment_state_conflict", cause.message, status_code=409)
         if cause.type == "InvalidAmount":
             return invalid_request("amount_too_large", cause.message, "amount")
+        if cause.type == "RefundRefused":
+            details = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
+            code = str(details.get("code") or "refund_refused")
+            if code in ("payment_disbursement_pending", "refund_in_progress", "payment_state_conflict"):
+                metrics.CONFLICTS.labels("payment_state_conflict").inc()
+                return invalid_request(code, cause.message, status_code=409)
+            param = "amount" if code in ("amount_too_large", "parameter_invalid_integer") else None
+            if code == "parameter_invalid":
+                param = "reason"
+            return invalid_request(code, cause.message, param, status_code=402 if code == "refund_refused" else 400)
         if cause.type in ("InvalidRequest", "NotReady"):
             return invalid_request(
                 "parameter_invalid", cause.message, status_code=409 if cause.type == "NotReady" else 400
@@ -121,13 +134,20 @@ async def query_state(client: Client, workflow_id: str) -> PaymentState:
     return state
 
 
-async def _update(client: Client, workflow_id: str, name: str, argument: Any) -> PaymentState:
+async def _update(
+    client: Client,
+    workflow_id: str,
+    name: str,
+    argument: Any,
+    result_type: type[Any] = PaymentState,
+    *,
+    update_id: str | None = None,
+) -> Any:
     try:
         async with asyncio.timeout(UPDATE_TIMEOUT_SECONDS):
-            state: PaymentState = await client.get_workflow_handle(workflow_id).execute_update(
-                name, argument, result_type=PaymentState
+            return await client.get_workflow_handle(workflow_id).execute_update(
+                name, argument, id=update_id, result_type=result_type
             )
-            return state
     except WorkflowUpdateFailedError as error:
         raise _refusal(error) from None
     except RPCError as error:
@@ -142,11 +162,21 @@ async def _update(client: Client, workflow_id: str, name: str, argument: Any) ->
 
 
 async def capture_payment(client: Client, workflow_id: str, request: CaptureRequest) -> PaymentState:
-    return await _update(client, workflow_id, UPDATE_CAPTURE, request)
+    state: PaymentState = await _update(client, workflow_id, UPDATE_CAPTURE, request)
+    return state
 
 
 async def cancel_payment(client: Client, workflow_id: str, request: CancelRequest) -> PaymentState:
-    return await _update(client, workflow_id, UPDATE_CANCEL, request)
+    state: PaymentState = await _update(client, workflow_id, UPDATE_CANCEL, request)
+    return state
+
+
+async def refund_payment(client: Client, workflow_id: str, request: RefundRequest) -> RefundRecord:
+    """The refund update, its update id the refund id: Temporal answers a repeat with the first result."""
+    record: RefundRecord = await _update(
+        client, workflow_id, UPDATE_REFUND, request, RefundRecord, update_id=request.refund_id
+    )
+    return record
 
 
 async def started_with_fingerprint(client: Client, workflow_id: str) -> str | None:

@@ -11,6 +11,8 @@ Code (without the `:<currency>` suffix)   type       limit: meaning
 - `bank:platform`                         asset:     the platform's bank account (payouts land here).
 - `payment:<payment_id>:clearing`         liability, must not go negative: captured from an
                                                      authorisation hold, not yet split (zero after capture).
+- `payment:<payment_id>:refund_recoverable` asset, must not go negative: recipients' shares of a
+                                                     refund, not yet back by transfer reversal (zero after).
 - `seller:<acct>:payable`                 liability, must not go negative: what we owe a connected
                                                      account; a transfer pays it.
 - `tax:payable`                           liability: tax collected, owed to the authority.
@@ -24,9 +26,9 @@ balance row that every entry touching it locks, so a limit on a platform-wide ac
 (tax:payable, stripe:*) would make every capture wait for the previous one's commit. Those
 accounts instead spread their balance over slot rows (see migration 0002) and are checked by
 `verify()`. The limits are what catches a wrong order of operations: a seller payable cannot go below
-zero, so refunding a seller's share after it was transferred fails (`LimitExceeded`) until
-the transfer is reversed (`transfer_reversal`); a payment's clearing account cannot hand out
-more than was captured from its hold.
+zero (a transfer cannot pay more than is owed); a refund's recoverable account cannot give
+back more than the refund took from the recipients; a payment's clearing account cannot hand
+out more than was captured from its hold.
 
 Every constructor below is a pure function from a domain event to an `EntryDraft`. Its
 idempotency key is `payment:<payment_id>:<step>` (payouts: `payout:<payout_id>`) and its
@@ -63,9 +65,18 @@ Manual capture (authorise now, capture later), same payment:
     9999 held (so the 4999 never captured is gone from pending), and the capture uses the
     split of 5000 (fee 500, seller 4500). Cancel or expiry: void_pending(hold) releases 9999.
 
-Refunds reverse the split proportionally (`scale_split`): a 3333 refund of the payment above
-takes 333 from platform:fees and 3000 from the seller payable. For a second partial refund
-pass the split that remains (`ledger.money.subtract_split(split, refund_split(...))`).
+Refunds (the parts come from the refund policy; proportional by default, `refund_split`): a
+3333 refund of the payment above takes 333 back from platform:fees and 3000 from the seller,
+whose share was paid out already, so it is recoverable until the transfer reversal lands:
+
+    refund                 Dr platform:fees:usd 333 / Dr payment:p1:refund_recoverable:usd 3000
+                                                    / Cr stripe:pending:usd 3333
+    refund_recovery        Dr stripe:pending:usd 3000 / Cr payment:p1:refund_recoverable:usd 3000
+
+    If Stripe later reports the refund failed: refund_failed gives the 3333 back to
+    stripe:pending, the 333 back to platform:fees, and the 3000 back to the seller's payable
+    (it was pulled back, so it is owed again) or to the recoverable account (not yet pulled).
+For a second partial refund pass the split that remains (`ledger.money.subtract_split`).
 """
 
 from __future__ import annotations
@@ -94,6 +105,7 @@ FIXED_ACCOUNTS: dict[str, tuple[AccountType, bool]] = {
 _PATTERNED_ACCOUNTS: tuple[tuple[re.Pattern[str], AccountType, bool], ...] = (
     (re.compile(r"^seller:[A-Za-z0-9_\-]{1,100}:payable$"), "liability", True),
     (re.compile(r"^payment:[A-Za-z0-9_\-]{1,100}:clearing$"), "liability", True),
+    (re.compile(r"^payment:[A-Za-z0-9_\-]{1,100}:refund_recoverable$"), "asset", True),
 )
 
 
@@ -123,6 +135,10 @@ def seller_payable(account_id: str, currency: str) -> str:
 
 def payment_clearing(payment_id: str, currency: str) -> str:
     return account(f"payment:{_identifier(payment_id, 'payment_id')}:clearing", currency)
+
+
+def refund_recoverable(payment_id: str, currency: str) -> str:
+    return account(f"payment:{_identifier(payment_id, 'payment_id')}:refund_recoverable", currency)
 
 
 def account_spec(code: str, currency: str) -> AccountSpec:
@@ -311,18 +327,87 @@ def refund_split(split: CaptureSplit, refund_amount: int) -> CaptureSplit:
     return scale_split(split, refund_amount)
 
 
-def refund(payment_id: str, refund_id: str, refund_amount: int, split: CaptureSplit) -> EntryDraft:
-    """A refund, reversing fee, tax and recipients in proportion to `split`.
+def refund(payment_id: str, refund_id: str, parts: CaptureSplit) -> EntryDraft:
+    """A refund of `parts.total` to the buyer, taken back from the parts that had it.
 
-    `split` is what is left to refund: the capture split for the first refund, then
-    `subtract_split(split, refund_split(split, amount))` after each one.
+    `parts` is what each party gives back (the workflow computes it with the exact split rule
+    and the refund policy; `refund_split` gives the proportional one). The platform fee and the
+    tax are debited at once; the recipients' shares were transferred already, so they become
+    `payment:<id>:refund_recoverable` (an asset: what the recipients owe back) until each
+    recipient's transfer reversal comes in (`refund_recovery`).
     """
     prefix, metadata = _payment(payment_id)
-    parts = refund_split(split, refund_amount)
+    _positive(parts.total, "refund_amount")
+    currency = parts.currency
+    recoverable = sum(amount for _, amount in parts.recipients)
+    lines = [
+        (account("platform:fees", currency), parts.platform_fee),
+        (account("tax:payable", currency), parts.tax),
+        (refund_recoverable(payment_id, currency), recoverable),
+    ]
     return _draft(
         f"{prefix}:refund:{_identifier(refund_id, 'refund_id')}",
         f"Refund {refund_id} of payment {payment_id}",
-        [*_split_credits(parts, 1), Posting(stripe_pending(split.currency), -refund_amount, split.currency)],
+        [
+            *(Posting(code, amount, currency) for code, amount in lines if amount != 0),
+            Posting(stripe_pending(currency), -parts.total, currency),
+        ],
+        {**metadata, "refund_id": refund_id},
+    )
+
+
+def refund_recovery(
+    payment_id: str, refund_id: str, account_id: str, amount: int, currency: str, reversal_id: str
+) -> EntryDraft:
+    """A recipient's share of a refund, back from its connected account by a transfer reversal."""
+    prefix, metadata = _payment(payment_id)
+    _positive(amount, "amount")
+    return _draft(
+        f"{prefix}:refund:{_identifier(refund_id, 'refund_id')}:recovery:{_identifier(account_id, 'account_id')}",
+        f"Transfer reversal {reversal_id} from {account_id} for refund {refund_id} of payment {payment_id}",
+        [
+            Posting(stripe_pending(currency), amount, currency),
+            Posting(refund_recoverable(payment_id, currency), -amount, currency),
+        ],
+        {
+            **metadata,
+            "refund_id": refund_id,
+            "reversal_id": _identifier(reversal_id, "reversal_id"),
+            "account_id": account_id,
+        },
+    )
+
+
+def refund_failed(payment_id: str, refund_id: str, parts: CaptureSplit, recovered: dict[str, int]) -> EntryDraft:
+    """Stripe gave a refund's money back to our balance (the refund failed after it was booked).
+
+    Fee and tax are owed again as before the refund; a recipient whose share was already pulled
+    back (`recovered`) is owed it again (its payable), what was not yet recovered is no longer
+    owed back (the recoverable account returns to what it was).
+    """
+    prefix, metadata = _payment(payment_id)
+    _positive(parts.total, "refund_amount")
+    currency = parts.currency
+    back = {account_id: recovered.get(account_id, 0) for account_id, _ in parts.recipients}
+    for account_id, amount in parts.recipients:
+        if not 0 <= back[account_id] <= amount:
+            raise InvalidAmount(
+                f"recovered {back[account_id]} from {account_id}, its part is {amount}", param="recovered"
+            )
+    outstanding = sum(amount for _, amount in parts.recipients) - sum(back.values())
+    lines = [
+        (account("platform:fees", currency), parts.platform_fee),
+        (account("tax:payable", currency), parts.tax),
+        (refund_recoverable(payment_id, currency), outstanding),
+        *((seller_payable(account_id, currency), amount) for account_id, amount in back.items()),
+    ]
+    return _draft(
+        f"{prefix}:refund:{_identifier(refund_id, 'refund_id')}:failed",
+        f"Refund {refund_id} of payment {payment_id} failed: the money is back with Stripe",
+        [
+            Posting(stripe_pending(currency), parts.total, currency),
+            *(Posting(code, -amount, currency) for code, amount in lines if amount != 0),
+        ],
         {**metadata, "refund_id": refund_id},
     )
 

@@ -171,6 +171,12 @@ class Settings(BaseSettings):
         'PaymentTimings fields, e.g. {"settlement_poll_interval_seconds": 5}); empty: production defaults. '
         "For tests and chaos runs.",
     )
+    refund_policy: Literal["proportional", "platform_keeps_fee"] = Field(
+        "proportional",
+        description="Who gives a refund back, fixed for each payment when it starts: `proportional` (the "
+        "platform fee, the tax and every recipient return their exact share) or `platform_keeps_fee` (tax and "
+        'recipients first, up to what they hold; the fee only for the rest). README "Refunds".',
+    )
     max_body_bytes: int = Field(
         65536,
         ge=1024,

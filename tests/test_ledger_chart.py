@@ -39,8 +39,11 @@ def every_constructor() -> list[EntryDraft]:
         chart.transfer_reversal(PAYMENT, "acct_1", 3000, "USD", "trr_1"),
         chart.settlement(PAYMENT, 680, "USD"),
         chart.payout("po_1", 680, "USD"),
-        chart.refund(PAYMENT, "re_1", 3333, SPLIT_9999),
-        chart.refund("pay_2", "re_1", 11_000, taxed),
+        chart.refund(PAYMENT, "rf_1", chart.refund_split(SPLIT_9999, 3333)),
+        chart.refund("pay_2", "rf_1", taxed),
+        chart.refund_recovery(PAYMENT, "rf_1", "acct_1", 3000, "USD", "trr_1"),
+        chart.refund_failed(PAYMENT, "rf_1", chart.refund_split(SPLIT_9999, 3333), {"acct_1": 1000}),
+        chart.refund_failed("pay_2", "rf_1", taxed, {}),
         chart.dispute_opened(PAYMENT, "dp_1", 9999, "USD", 1500),
         chart.dispute_won(PAYMENT, "dp_1", 9999, "USD"),
         chart.dispute_lost(PAYMENT, "dp_1", 9999, "USD"),
@@ -87,22 +90,47 @@ def test_capture_after_a_hold_takes_the_money_from_the_payment_clearing_account(
     }
 
 
-def test_refund_reverses_the_split_in_proportion() -> None:
-    assert lines(chart.refund(PAYMENT, "re_1", 3333, SPLIT_9999)) == {
+def test_refund_takes_the_split_back_in_proportion_and_the_recipients_share_is_recoverable() -> None:
+    assert lines(chart.refund(PAYMENT, "rf_1", chart.refund_split(SPLIT_9999, 3333))) == {
         "platform:fees:usd": 333,
-        "seller:acct_1:payable:usd": 3000,
+        "payment:pay_1:refund_recoverable:usd": 3000,
         "stripe:pending:usd": -3333,
     }
+    assert lines(chart.refund_recovery(PAYMENT, "rf_1", "acct_1", 3000, "USD", "trr_1")) == {
+        "stripe:pending:usd": 3000,
+        "payment:pay_1:refund_recoverable:usd": -3000,
+    }
+
+
+def test_refund_failed_gives_everything_back_and_the_recovered_share_is_owed_again() -> None:
+    parts = chart.refund_split(SPLIT_9999, 3333)
+    assert lines(chart.refund_failed(PAYMENT, "rf_1", parts, {"acct_1": 3000})) == {
+        "stripe:pending:usd": 3333,
+        "platform:fees:usd": -333,
+        "seller:acct_1:payable:usd": -3000,
+    }
+    assert lines(chart.refund_failed(PAYMENT, "rf_1", parts, {})) == {
+        "stripe:pending:usd": 3333,
+        "platform:fees:usd": -333,
+        "payment:pay_1:refund_recoverable:usd": -3000,
+    }
+    with pytest.raises(InvalidAmount):
+        chart.refund_failed(PAYMENT, "rf_1", parts, {"acct_1": 3001})
 
 
 def test_refunds_of_the_remaining_split_add_up_to_the_capture() -> None:
     remaining = SPLIT_9999
     refunded: dict[str, int] = defaultdict(int)
     for number, amount in enumerate([1, 1, 4997, 5000]):
-        for account, posted in lines(chart.refund(PAYMENT, f"re_{number}", amount, remaining)).items():
+        parts = chart.refund_split(remaining, amount)
+        for account, posted in lines(chart.refund(PAYMENT, f"rf_{number}", parts)).items():
             refunded[account] += posted
-        remaining = subtract_split(remaining, chart.refund_split(remaining, amount))
-    assert dict(refunded) == {"platform:fees:usd": 1000, "seller:acct_1:payable:usd": 8999, "stripe:pending:usd": -9999}
+        remaining = subtract_split(remaining, parts)
+    assert dict(refunded) == {
+        "platform:fees:usd": 1000,
+        "payment:pay_1:refund_recoverable:usd": 8999,
+        "stripe:pending:usd": -9999,
+    }
     assert remaining.total == 0
 
 
@@ -127,6 +155,7 @@ def test_dispute_opened_withdraws_amount_and_fee() -> None:
         ("bank:platform:usd", "asset", False),
         ("seller:acct_9:payable:usd", "liability", True),
         ("payment:pay_1:clearing:usd", "liability", True),
+        ("payment:pay_1:refund_recoverable:usd", "asset", True),
         ("tax:payable:usd", "liability", False),
         ("platform:fees:usd", "revenue", False),
         ("platform:processing_fees:usd", "expense", False),
@@ -156,7 +185,8 @@ def test_account_spec_refuses_codes_outside_the_chart(code: str, currency: str) 
         lambda: chart.settlement(PAYMENT, 2**63, "USD"),
         lambda: chart.payout("po 1", 10, "USD"),
         lambda: chart.capture("pay:1", SPLIT_9999),
-        lambda: chart.refund(PAYMENT, "re_1", 10_000, SPLIT_9999),
+        lambda: chart.refund_split(SPLIT_9999, 10_000),
+        lambda: chart.refund_recovery(PAYMENT, "rf_1", "acct_1", 0, "USD", "trr_1"),
         lambda: chart.transfer_to_connected_account(PAYMENT, "acct_1", 10, "XXX", "tr_1"),
     ],
 )

@@ -21,6 +21,7 @@ accepts both shapes, and `LEGACY_PAYMENT_ID_PATTERN` names the old one.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 
@@ -32,13 +33,33 @@ PAYMENT_ID_PATTERN = re.compile(rf"\Apay_[{ID_ALPHABET}]{{{PAYMENT_ID_BODY_LENGT
 LEGACY_PAYMENT_ID_PATTERN = re.compile(rf"\Apay_[0-9a-f]{{{PAYMENT_ID_BODY_LENGTH}}}\Z")
 
 
-def payment_id_from_uuid(value: uuid.UUID) -> str:
-    """`pay_` + 24 letters of ID_ALPHABET, a pure function of the UUID's 128 bits."""
-    remaining = value.int
+REFUND_ID_PATTERN = re.compile(rf"\Arf_[{ID_ALPHABET}]{{{PAYMENT_ID_BODY_LENGTH}}}\Z")
+
+
+def _letters(value: int) -> str:
+    """The 24 lowest base-26 digits of `value`, most significant first, as letters."""
     letters: list[str] = []
     for _ in range(PAYMENT_ID_BODY_LENGTH):
-        remaining, index = divmod(remaining, len(ID_ALPHABET))
+        value, index = divmod(value, len(ID_ALPHABET))
         letters.append(ID_ALPHABET[index])
-    payment_id = PAYMENT_ID_PREFIX + "".join(reversed(letters))
+    return "".join(reversed(letters))
+
+
+def payment_id_from_uuid(value: uuid.UUID) -> str:
+    """`pay_` + 24 letters of ID_ALPHABET, a pure function of the UUID's 128 bits."""
+    payment_id = PAYMENT_ID_PREFIX + _letters(value.int)
     assert PAYMENT_ID_PATTERN.match(payment_id), payment_id
     return payment_id
+
+
+def refund_id_for_request(payment_id: str, api_key_id: str, idempotency_key: str) -> str:
+    """`rf_` + 24 letters: a pure function of the payment, the caller and its Idempotency-Key.
+
+    The same request retried (same key) names the same refund, so the workflow answers it with
+    the refund it already made instead of making a second one, even if the API's stored
+    response was lost. SHA-256 gives the 113 bits the letters hold.
+    """
+    digest = hashlib.sha256("\x00".join((payment_id, api_key_id, idempotency_key)).encode()).digest()
+    refund_id = "rf_" + _letters(int.from_bytes(digest, "big"))
+    assert REFUND_ID_PATTERN.match(refund_id), refund_id
+    return refund_id

@@ -60,11 +60,14 @@ from workflows.payment_models import (
     UPDATE_CANCEL,
     UPDATE_CAPTURE,
     UPDATE_FIRST_MILESTONE,
+    UPDATE_REFUND,
     UPDATE_RESOLVE_REVIEW,
     CancelRequest,
     CaptureRequest,
     PaymentInput,
     PaymentState,
+    RefundRecord,
+    RefundRequest,
     ResolveReviewRequest,
     StripeEventSignal,
 )
@@ -151,6 +154,25 @@ class PaymentWorkflow(EventSteps):
             self._legacy._validate_cancel_update(request)
             return
         self._validate_cancel(request)
+
+    @workflow.update(name=UPDATE_REFUND)
+    async def refund(self, request: RefundRequest) -> RefundRecord:
+        """A refund (all that remains, or `amount`): made at Stripe once and booked; the same
+        refund id again returns the refund it made."""
+        if self._legacy is not None:
+            raise ApplicationError("this payment predates refunds; refund it at Stripe", type="InvalidTransition")
+        async with self._lock:
+            existing = self._find_refund(request.refund_id)
+            if existing is not None:
+                return existing
+            self._validate_refund(request)  # re-checked under the lock: a concurrent refund may have taken it
+            return await self._refund_requested(request)
+
+    @refund.validator
+    def _validate_refund_update(self, request: RefundRequest) -> None:
+        if self._legacy is not None:
+            raise ApplicationError("this payment predates refunds; refund it at Stripe", type="InvalidTransition")
+        self._validate_refund(request)
 
     @workflow.update(name=UPDATE_RESOLVE_REVIEW)
     async def resolve_review(self, request: ResolveReviewRequest) -> PaymentState:
@@ -341,7 +363,21 @@ class PaymentWorkflow(EventSteps):
                 if S(state.status) is status:
                     await self._disburse()
             return True
-        if status in TERMINAL_STATES:
+        if status is not S.NEEDS_REVIEW and self._refund_work_pending():
+            # A refund's remaining steps (its Stripe refund after a review, its booking, the
+            # recipients' reversals) run before anything else, whatever the status.
+            async with self._lock:
+                if S(state.status) is status:
+                    await self._advance_refunds()
+            return True
+        if status is not S.NEEDS_REVIEW and self._refund_awaiting_stripe():
+            # Stripe has not confirmed a refund yet: its event, or a poll after the interval.
+            if not await self._wait_for_change(status, timings.processing_poll_interval_seconds):
+                async with self._lock:
+                    await self._poll_refunds()
+            return True
+        if status in TERMINAL_STATES and status is not S.REFUNDED:
+            # REFUNDED waits out the dispute window like SETTLED: Stripe may still fail a refund.
             return False
         if state.charge_requested and status in (S.CREATED, S.PROCESSING):
             async with self._lock:
@@ -378,7 +414,8 @@ class PaymentWorkflow(EventSteps):
         elif status is S.CAPTURED:
             await self._after_capture()
         else:
-            # SETTLED, DISPUTED, PARTIALLY_REFUNDED: open for disputes until the window ends.
+            # SETTLED, DISPUTED, PARTIALLY_REFUNDED, REFUNDED: open for disputes and refund
+            # failures until the window ends.
             if state.dispute_window_ends_unix_seconds is None:
                 state.dispute_window_ends_unix_seconds = now + timings.dispute_window_seconds
             remaining = state.dispute_window_ends_unix_seconds - now

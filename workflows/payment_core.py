@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 from activities.payment_types import LedgerAction, PaymentRowUpdate
 from activities.stripe_types import CARD_DECLINED, STRIPE_REQUEST_REFUSED, STRIPE_SERVER_ERROR, IntentSnapshot
-from workflows.payment_models import RESOLUTIONS, ComputedSplit, PaymentState
+from workflows.payment_models import (
+    REFUND_FAILED,
+    REFUND_POLICIES,
+    RESOLUTIONS,
+    ComputedSplit,
+    PaymentState,
+    RefundRecord,
+    SplitPart,
+)
 from workflows.state_machine import RANK, PaymentEvent, PaymentStatus
 
 S = PaymentStatus
@@ -51,6 +59,7 @@ RESOLUTION_EVENTS: dict[PaymentStatus, PaymentEvent] = {
     S.SETTLED: E.RESOLVE_SETTLED,
     S.PARTIALLY_REFUNDED: E.RESOLVE_PARTIALLY_REFUNDED,
     S.DISPUTED: E.RESOLVE_DISPUTED,
+    S.REFUNDED: E.RESOLVE_REFUNDED,
 }
 # Stripe statuses each asserted resolution needs ("captured" only if Stripe says succeeded).
 RESOLUTION_REQUIRES: dict[str, tuple[PaymentStatus, frozenset[str | None]]] = {
@@ -82,6 +91,7 @@ class Plan:
 @dataclass
 class Refusal:
     reason: str
+    code: str = ""
 
 
 def is_ambiguous(error_type: str | None) -> bool:
@@ -137,22 +147,131 @@ def plan_for_intent(state: PaymentState, intent: IntentSnapshot, reason: str) ->
     return Plan(event, reason, [], row)
 
 
-def captured_parts(split: ComputedSplit, amount_captured: int) -> list[tuple[str, int]]:
-    """Recipient amounts for what was actually captured (a partial capture scales the split).
+def largest_remainder(weights: list[int], total: int) -> list[int]:
+    """`total` shared in proportion to `weights`, exactly: floors, then one more to the largest remainders.
 
-    Largest-remainder scaling, the same rule as ledger.money.scale_split (kept pure here).
+    The same rule as ledger.money.split_by_weights (kept pure here). With total <= sum(weights)
+    no share exceeds its weight.
     """
-    parts = [(part.account_id, part.amount) for part in split.parts]
-    if amount_captured == split.total:
-        return parts
-    total = split.total
-    originals = [split.platform_fee, split.tax, *[amount for _, amount in parts]]
-    exact = [amount * amount_captured for amount in originals]
-    floors = [value // total for value in exact]
-    remainders = sorted(range(len(exact)), key=lambda index: (-(exact[index] % total), index))
-    for index in remainders[: amount_captured - sum(floors)]:
+    whole = sum(weights)
+    if total == 0:
+        return [0] * len(weights)
+    if whole <= 0:
+        raise ValueError(f"cannot share {total} over weights that sum to {whole}")
+    exact = [weight * total for weight in weights]
+    floors = [value // whole for value in exact]
+    remainders = sorted(range(len(exact)), key=lambda index: (-(exact[index] % whole), index))
+    for index in remainders[: total - sum(floors)]:
         floors[index] += 1
-    return [(account, floors[2 + index]) for index, (account, _) in enumerate(parts)]
+    return floors
+
+
+def captured_split_parts(split: ComputedSplit, amount_captured: int) -> list[int]:
+    """Fee, tax, then each recipient's amount of what was actually captured (sums to it)."""
+    originals = [split.platform_fee, split.tax, *(part.amount for part in split.parts)]
+    if amount_captured == split.total:
+        return originals
+    return largest_remainder(originals, amount_captured)
+
+
+def captured_parts(split: ComputedSplit, amount_captured: int) -> list[tuple[str, int]]:
+    """Recipient amounts for what was actually captured (a partial capture scales the split)."""
+    amounts = captured_split_parts(split, amount_captured)[2:]
+    return [(part.account_id, amount) for part, amount in zip(split.parts, amounts, strict=True)]
+
+
+# ----------------------------------------------------------------------------- refunds
+
+# A refund is accepted only in these states (DISPUTED: Stripe refuses refunds of a disputed charge).
+REFUNDABLE_STATES = frozenset({S.CAPTURED, S.SETTLED, S.PARTIALLY_REFUNDED})
+
+
+def _parts_of(refund: RefundRecord) -> list[int]:
+    return [refund.platform_fee, refund.tax, *(part.amount for part in refund.recipients)]
+
+
+def refunded_amount(state: PaymentState) -> int:
+    """What the refunds that did not fail took back (pending ones included: the money has left)."""
+    return sum(refund.amount for refund in state.refunds if refund.status != REFUND_FAILED)
+
+
+def refundable_amount(state: PaymentState) -> int:
+    return state.amount_captured - refunded_amount(state)
+
+
+def remaining_parts(state: PaymentState) -> list[int]:
+    """Fee, tax and each recipient's part of the capture, minus what refunds took back."""
+    assert state.split is not None
+    remaining = captured_split_parts(state.split, state.amount_captured)
+    for refund in state.refunds:
+        if refund.status != REFUND_FAILED:
+            remaining = [left - taken for left, taken in zip(remaining, _parts_of(refund), strict=True)]
+    return remaining
+
+
+def refund_parts(state: PaymentState, amount: int, policy: str) -> list[int]:
+    """What fee, tax and each recipient give back for a refund of `amount` (sums to it, exactly).
+
+    proportional: every part in proportion to what it still holds (largest remainder).
+    platform_keeps_fee: tax and recipients first, in proportion, up to what they still hold;
+    the platform fee only for what they cannot cover. No part ever gives more than it holds.
+    """
+    if policy not in REFUND_POLICIES:
+        raise ValueError(f"unknown refund policy {policy!r}")
+    remaining = remaining_parts(state)
+    if not 0 < amount <= sum(remaining):
+        raise ValueError(f"refund {amount} outside 1..{sum(remaining)}")
+    if policy == "proportional":
+        return largest_remainder(remaining, amount)
+    others = remaining[1:]
+    first = min(amount, sum(others))
+    return [amount - first, *largest_remainder(others, first)]
+
+
+def refund_record(state: PaymentState, refund_id: str, amount: int, reason: str | None, policy: str) -> RefundRecord:
+    assert state.split is not None
+    fee, tax, *recipients = refund_parts(state, amount, policy)
+    return RefundRecord(
+        refund_id=refund_id,
+        amount=amount,
+        reason=reason,
+        platform_fee=fee,
+        tax=tax,
+        recipients=[
+            SplitPart(part.account_id, share, part.role)
+            for part, share in zip(state.split.parts, recipients, strict=True)
+            if share > 0
+        ],
+    )
+
+
+def refund_refusal(state: PaymentState, amount: int | None, disbursing: bool) -> Refusal | None:
+    """Why a refund of `amount` (None: all that remains) cannot be accepted now; None if it can."""
+    status = S(state.status)
+    if status in (S.AUTHORIZED, *PRE_CAPTURE):
+        return Refusal(
+            f"payment is {status}: nothing was captured to refund"
+            + (" (cancel it instead: POST /v1/payments/{id}/cancel)" if status is S.AUTHORIZED else ""),
+            "payment_not_captured",
+        )
+    if status is S.DISPUTED or state.disputes:
+        return Refusal("the payment's charge was disputed; Stripe refunds no disputed charge", "charge_disputed")
+    if status is S.REFUNDED:
+        return Refusal("the payment is fully refunded already", "charge_already_refunded")
+    if status not in REFUNDABLE_STATES:
+        return Refusal(f"payment is {status} and cannot be refunded", "payment_state_conflict")
+    if disbursing:
+        return Refusal(
+            "the payment is still paying its recipients; retry the refund shortly", "payment_disbursement_pending"
+        )
+    if any(refund.status == "pending" and not refund.booked for refund in state.refunds):
+        return Refusal("another refund of this payment is being made; retry shortly", "refund_in_progress")
+    left = refundable_amount(state)
+    if left <= 0:
+        return Refusal("the payment is fully refunded already", "charge_already_refunded")
+    if amount is not None and amount > left:
+        return Refusal(f"refund amount {amount} is greater than the {left} left to refund", "amount_too_large")
+    return None
 
 
 def settlement_net(state: PaymentState) -> int:
@@ -176,7 +295,7 @@ def plan_resolution(state: PaymentState, resolution: str, intent: IntentSnapshot
     stripe_status = intent.status if intent is not None else None
     said = f"Stripe says {stripe_status or 'no PaymentIntent exists'}"
     if resolution == "retry":
-        if before in MONEY_CAPTURED:
+        if before in MONEY_CAPTURED or before is S.REFUNDED:
             if stripe_status != "succeeded":
                 return Refusal(f"the payment was {before} but {said}: resolve it explicitly")
             target = before

@@ -6,19 +6,30 @@ Deterministic workflow code (a mixin of PaymentWorkflow): no I/O outside `workfl
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.payment_types import LedgerAction, RecordIgnoredInput
+    from activities.payment_types import LedgerAction, PaymentRowUpdate
     from activities.stripe_types import DisputeSnapshot, IntentSnapshot
 
 from workflows import payment_core as core
-from workflows.payment_disbursement import DisbursementSteps
 from workflows.payment_models import (
     StripeEventSignal,
 )
-from workflows.payment_shell import CHARGED_STATUSES, PROCESSED_EVENT_IDS_MAX, WARNING_STATUSES, E, S, StepFailed
+from workflows.payment_refunds import RefundSteps
+from workflows.payment_shell import (
+    CHARGED_STATUSES,
+    PATCH_REFUNDS,
+    PROCESSED_EVENT_IDS_MAX,
+    WARNING_STATUSES,
+    E,
+    S,
+    StepFailed,
+)
 from workflows.state_machine import decide
 
+# Events about one refund (their object is the refund): re-fetched and acted on.
+REFUND_EVENT_TYPES = frozenset({"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"})
 
-class EventSteps(DisbursementSteps):
+
+class EventSteps(RefundSteps):
     async def _drain_events(self) -> None:
         while self._events:
             event = self._events.pop(0)
@@ -44,6 +55,8 @@ class EventSteps(DisbursementSteps):
             await self._handle_transfer_event(event)
         elif kind.startswith("charge.dispute."):
             await self._handle_dispute_event(event)
+        elif kind in REFUND_EVENT_TYPES and event.object_type == "refund" and workflow.patched(PATCH_REFUNDS):
+            await self._handle_refund_event(event)
         else:
             await self._ignore(event, f"{kind} needs no action from the payment workflow")
 
@@ -98,6 +111,13 @@ class EventSteps(DisbursementSteps):
         state = self._require_state()
         dispute = await self._stripe("stripe_retrieve_dispute", event.object_id, DisputeSnapshot)
         booked = state.disputes.get(dispute.id)
+        status_changed = False
+        if workflow.patched(PATCH_REFUNDS):
+            status_changed = state.dispute_status != dispute.status
+            state.dispute_status = dispute.status
+            if status_changed:
+                self._upsert_search_attributes()
+        row = PaymentRowUpdate(dispute_status=dispute.status)
         ledger: list[LedgerAction] = []
         if booked is None and dispute.status not in WARNING_STATUSES:
             ledger.append(LedgerAction("dispute_opened", amount=dispute.amount, reference=dispute.id, fee=dispute.fee))
@@ -105,6 +125,11 @@ class EventSteps(DisbursementSteps):
         if closed:
             ledger.append(LedgerAction(f"dispute_{dispute.status}", amount=dispute.amount, reference=dispute.id))
         if not ledger:
+            if status_changed:
+                # An inquiry (warning_*) or a stage that moves no money: only its status is recorded.
+                await self._book(
+                    f"dispute:{dispute.id}:{dispute.status}", [], f"dispute {dispute.id} is {dispute.status}", row=row
+                )
             await self._ignore(event, f"dispute {dispute.id} is {dispute.status}; nothing new to book")
             return
         reason = f"dispute {dispute.id} {dispute.status} ({event.type})"
@@ -123,11 +148,12 @@ class EventSteps(DisbursementSteps):
                 ledger=[] if moved else ledger,
                 stripe_event_id=event.event_id,
                 from_processor=True,
+                row=row,
             ):
                 moved = True
         if not moved:
             # The status cannot follow (e.g. the payment is in review): the money is booked anyway.
-            await self._book(f"dispute:{dispute.id}:{dispute.status}", ledger, reason)
+            await self._book(f"dispute:{dispute.id}:{dispute.status}", ledger, reason, row=row)
         state.disputes[dispute.id] = dispute.status if closed else "opened"
 
     async def _handle_transfer_event(self, event: StripeEventSignal) -> None:
@@ -145,19 +171,3 @@ class EventSteps(DisbursementSteps):
                 recorded += 1
         if recorded == 0:
             await self._ignore(event, f"transfer {event.object_id} pays no unpaid recipient of this payment")
-
-    async def _ignore(self, event: StripeEventSignal, reason: str) -> None:
-        state = self._require_state()
-        self._note(f"ignored {event.type} ({event.event_id}): {reason}")
-        await self._db(
-            "record_ignored_event",
-            RecordIgnoredInput(
-                record_id=f"{state.payment_id}:ignored:{event.event_id}",
-                payment_id=state.payment_id,
-                status=state.status,
-                event=event.type,
-                reason=reason,
-                stripe_event_id=event.event_id,
-            ),
-            bool,
-        )

@@ -16,6 +16,7 @@ UPDATE_FIRST_MILESTONE = "first_milestone"
 UPDATE_CAPTURE = "capture"
 UPDATE_CANCEL = "cancel"
 UPDATE_RESOLVE_REVIEW = "resolve_review"
+UPDATE_REFUND = "refund"
 QUERY_STATE = "state"
 SIGNAL_STRIPE_EVENT = "stripe_event"
 
@@ -77,6 +78,15 @@ class PaymentTimings:
     continue_as_new_history_length_max: int = 0
 
 
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+# Who gives a refund back (see workflows/payment_core.refund_parts and the README):
+# proportional — the platform fee, the tax and every recipient return their exact share;
+# platform_keeps_fee — tax and recipients return the refund first (in proportion, up to what
+# each still holds from this payment); the platform fee pays only what they cannot cover.
+REFUND_POLICIES = ("proportional", "platform_keeps_fee")
+REFUND_POLICY_DEFAULT = "proportional"
+
+
 @dataclass
 class PaymentInput:
     order_id: str
@@ -93,6 +103,7 @@ class PaymentInput:
     request_id: str = ""
     description: str = ""
     timings: PaymentTimings = field(default_factory=PaymentTimings)
+    refund_policy: str = REFUND_POLICY_DEFAULT
     # Set by continue-as-new: the state carried over from the previous run.
     carried_state: PaymentState | None = None
 
@@ -154,6 +165,51 @@ class StripeStep:
     key_spent: bool = False
 
 
+REFUND_PENDING = "pending"
+REFUND_SUCCEEDED = "succeeded"
+REFUND_FAILED = "failed"
+REFUND_STATUSES = (REFUND_PENDING, REFUND_SUCCEEDED, REFUND_FAILED)
+
+
+@dataclass
+class RefundRecovery:
+    """One recipient's share of a refund, pulled back with a transfer reversal (its own Stripe step)."""
+
+    account_id: str
+    amount: int
+    reversal_id: str | None = None
+    booked: bool = False
+    attempts: int = 0
+    error: str = ""
+
+
+@dataclass
+class RefundRecord:
+    """One refund: its exact parts, its Stripe refund, the recoveries from recipients.
+
+    status: pending (Stripe has not confirmed it, or recoveries are still running) |
+    succeeded (Stripe refunded the buyer and every recipient's share is back) | failed (Stripe
+    refused it, or it failed after being accepted: the ledger booked it back).
+    `booked`: the refund entry is in the ledger; `failure_booked`: its failure is too.
+    """
+
+    refund_id: str
+    amount: int
+    reason: str | None
+    platform_fee: int
+    tax: int
+    recipients: list[SplitPart] = field(default_factory=list)
+    status: str = REFUND_PENDING
+    stripe_refund_id: str | None = None
+    stripe_status: str | None = None
+    recoveries: list[RefundRecovery] = field(default_factory=list)
+    booked: bool = False
+    failure_reason: str | None = None
+    failure_booked: bool = False
+    request_id: str = ""
+    created_unix_seconds: float = 0.0
+
+
 @dataclass
 class PaymentState:
     """The one serialisable object that is the workflow's state (returned by the `state` query)."""
@@ -199,6 +255,12 @@ class PaymentState:
     continued_as_new: int = 0
     # Disputes booked in the ledger: dispute id -> the last stage booked (opened, won, lost).
     disputes: dict[str, str] = field(default_factory=dict)
+    # Refunds in the order they were asked for (failed ones stay, for the record).
+    refunds: list[RefundRecord] = field(default_factory=list)
+    # The status before the first refund was booked (where a failed refund returns the payment).
+    status_before_refunds: str | None = None
+    # The status of the dispute opened last (Stripe's word: needs_response, won, lost, ...).
+    dispute_status: str | None = None
 
 
 @dataclass
@@ -210,6 +272,17 @@ class CaptureRequest:
 @dataclass
 class CancelRequest:
     reason: str = "requested_by_customer"
+    request_id: str = ""
+
+
+@dataclass
+class RefundRequest:
+    """A refund asked for through the API. `refund_id` is Penny's id, derived by the API from the
+    request's Idempotency-Key, so a retried request names the same refund (and gets it back)."""
+
+    refund_id: str
+    amount: int | None = None  # None: all that remains
+    reason: str | None = None
     request_id: str = ""
 
 

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         TRANSITION_CONFLICT,
         LedgerAction,
         PaymentRowUpdate,
+        RecordIgnoredInput,
         ReviewResolution,
         ReviewSpec,
         TransitionInput,
@@ -46,6 +47,7 @@ from workflows.payment_models import (
     PaymentInput,
     PaymentState,
     PaymentTimings,
+    RefundRecord,
     StripeEventSignal,
     StripeStep,
 )
@@ -57,6 +59,8 @@ ResultT = TypeVar("ResultT")
 
 
 PATCH_FAULT_PATHS = "fault-paths-v2"
+# Refund events handled (before: recorded as ignored); dispute status recorded and searchable.
+PATCH_REFUNDS = "refunds-v1"
 DATABASE_ACTIVITY_TIMEOUT = timedelta(seconds=30)
 FIRST_MILESTONE_WAIT_SECONDS_DEFAULT = 20
 FIRST_MILESTONE_WAIT_SECONDS_MAX = 60
@@ -281,6 +285,7 @@ class PaymentShell:
         from_processor: bool = False,
         resolution: ReviewResolution | None = None,
         force: bool = False,
+        refund: RefundRecord | None = None,
     ) -> bool:
         state = self._require_state()
         decision = decide(state.status, event, from_processor=from_processor)
@@ -308,6 +313,7 @@ class PaymentShell:
                 review=review,
                 resolution=resolution,
                 force=force,
+                refund=refund,
             ),
             TransitionResult,
         )
@@ -320,7 +326,14 @@ class PaymentShell:
         return True
 
     async def _book(
-        self, step: str, ledger: list[LedgerAction], reason: str, *, review: ReviewSpec | None = None
+        self,
+        step: str,
+        ledger: list[LedgerAction],
+        reason: str,
+        *,
+        review: ReviewSpec | None = None,
+        refund: RefundRecord | None = None,
+        row: PaymentRowUpdate | None = None,
     ) -> None:
         """A ledger write (or an extra review item) that keeps the status: same atomic activity, no outbox event."""
         state = self._require_state()
@@ -335,10 +348,29 @@ class PaymentShell:
                 reason=reason,
                 ledger=ledger,
                 review=review,
+                refund=refund,
+                row=row or PaymentRowUpdate(),
             ),
             TransitionResult,
         )
         self._note(reason)
+
+    async def _ignore(self, event: StripeEventSignal, reason: str) -> None:
+        """Record an event that changed nothing, with the reason (invariant 5: applied or recorded)."""
+        state = self._require_state()
+        self._note(f"ignored {event.type} ({event.event_id}): {reason}")
+        await self._db(
+            "record_ignored_event",
+            RecordIgnoredInput(
+                record_id=f"{state.payment_id}:ignored:{event.event_id}",
+                payment_id=state.payment_id,
+                status=state.status,
+                event=event.type,
+                reason=reason,
+                stripe_event_id=event.event_id,
+            ),
+            bool,
+        )
 
     # ----------------------------------------------------------------- helpers
 
@@ -368,5 +400,6 @@ class PaymentShell:
                 attributes.AMOUNT.value_set(state.amount),
                 attributes.CURRENCY.value_set(state.currency),
                 attributes.CUSTOMER_ID.value_set(state.customer),
+                *([attributes.DISPUTE_STATUS.value_set(state.dispute_status)] if state.dispute_status else []),
             ]
         )

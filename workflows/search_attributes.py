@@ -10,6 +10,8 @@ ORDER_ID = SearchAttributeKey.for_keyword("OrderId")
 AMOUNT = SearchAttributeKey.for_int("Amount")
 CURRENCY = SearchAttributeKey.for_keyword("Currency")
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+# Stripe's status of the payment's latest dispute (needs_response, under_review, won, lost, warning_*).
+DISPUTE_STATUS = SearchAttributeKey.for_keyword("DisputeStatus")
 
 ALL_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (  # type: ignore[type-arg]
     PAYMENT_STATUS,
@@ -17,6 +19,7 @@ ALL_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (  # type: ignore[type-a
     AMOUNT,
     CURRENCY,
     CUSTOMER_ID,
+    DISPUTE_STATUS,
 )
 
 # Name -> type as the `temporal` CLI spells it (`--search-attribute Name=Type`).
@@ -26,4 +29,5 @@ SEARCH_ATTRIBUTE_TYPES: dict[str, str] = {
     "Amount": "Int",
     "Currency": "Keyword",
     "CustomerId": "Keyword",
+    "DisputeStatus": "Keyword",
 }

@@ -65,6 +65,7 @@ class PaymentEvent(StrEnum):
     RESOLVE_SETTLED = "resolve_settled"
     RESOLVE_PARTIALLY_REFUNDED = "resolve_partially_refunded"
     RESOLVE_DISPUTED = "resolve_disputed"
+    RESOLVE_REFUNDED = "resolve_refunded"
 
 
 S = PaymentStatus
@@ -124,6 +125,7 @@ TRANSITIONS: dict[tuple[PaymentStatus, PaymentEvent], PaymentStatus] = {
     (S.NEEDS_REVIEW, E.RESOLVE_SETTLED): S.SETTLED,
     (S.NEEDS_REVIEW, E.RESOLVE_PARTIALLY_REFUNDED): S.PARTIALLY_REFUNDED,
     (S.NEEDS_REVIEW, E.RESOLVE_DISPUTED): S.DISPUTED,
+    (S.NEEDS_REVIEW, E.RESOLVE_REFUNDED): S.REFUNDED,
     # Stripe's own truth may settle a payment under review: it is applied, never overwritten silently
     # (the workflow records both facts in the audit log).
     (S.NEEDS_REVIEW, E.CAPTURED): S.CAPTURED,
