@@ -38,8 +38,15 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+# Refusals caused by work still running on the same payment (Stripe: "conflicted with another request
+# that was executing concurrently"): no idempotent result is saved, so a retry with the same
+# Idempotency-Key runs again once that work is done.
+CONCURRENT_CONFLICT_CODES = frozenset({"payment_disbursement_pending", "refund_in_progress"})
+
+
 class ApiError(Exception):
-    """An error answered to the client. `status_code >= 500` means: safe to retry, nothing stored."""
+    """An error answered to the client. `status_code >= 500` means: safe to retry, nothing stored;
+    so does a code in CONCURRENT_CONFLICT_CODES."""
 
     def __init__(
         self,
@@ -54,6 +61,11 @@ class ApiError(Exception):
         self.status_code = status_code
         self.detail = ErrorDetail(type=error_type, code=code, message=message, param=param)
         self.headers = dict(headers or {})
+
+    @property
+    def saved_under_key(self) -> bool:
+        """Whether the idempotency layer keeps this answer for the request's key."""
+        return self.status_code < 500 and self.detail.code not in CONCURRENT_CONFLICT_CODES
 
     def body(self) -> dict[str, Any]:
         return {"error": self.detail.model_dump()}

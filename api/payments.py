@@ -217,7 +217,7 @@ async def _run_idempotent(request: Request, api_key: ApiKey, key: str, body: Any
     try:
         status_code, payload, resource_id = await operation()
     except ApiError as error:
-        if error.status_code >= 500:
+        if not error.saved_under_key:
             await idempotency.release(engine, outcome)
             raise
         # A refusal decided by executing the request is its outcome: stored and replayed.

@@ -352,7 +352,7 @@ def refund(payment_id: str, refund_id: str, parts: CaptureSplit) -> EntryDraft:
             *(Posting(code, amount, currency) for code, amount in lines if amount != 0),
             Posting(stripe_pending(currency), -parts.total, currency),
         ],
-        {**metadata, "refund_id": refund_id},
+        {**metadata, "refund_id": refund_id, "capture_key": capture_key(payment_id)},
     )
 
 
@@ -374,6 +374,7 @@ def refund_recovery(
             "refund_id": refund_id,
             "reversal_id": _identifier(reversal_id, "reversal_id"),
             "account_id": account_id,
+            "capture_key": capture_key(payment_id),
         },
     )
 
@@ -408,13 +409,20 @@ def refund_failed(payment_id: str, refund_id: str, parts: CaptureSplit, recovere
             Posting(stripe_pending(currency), parts.total, currency),
             *(Posting(code, -amount, currency) for code, amount in lines if amount != 0),
         ],
-        {**metadata, "refund_id": refund_id},
+        {**metadata, "refund_id": refund_id, "capture_key": capture_key(payment_id)},
     )
 
 
 def _dispute_key(payment_id: str, dispute_id: str, step: str) -> tuple[str, dict[str, str]]:
     prefix, metadata = _payment(payment_id)
-    return f"{prefix}:dispute:{_identifier(dispute_id, 'dispute_id')}:{step}", {**metadata, "dispute_id": dispute_id}
+    key = f"{prefix}:dispute:{_identifier(dispute_id, 'dispute_id')}:{step}"
+    return key, {**metadata, "dispute_id": dispute_id, "capture_key": capture_key(payment_id)}
+
+
+def capture_key(payment_id: str) -> str:
+    """The capture entry's idempotency key: refund and dispute entries name it (`capture_key` in
+    their metadata), so a payment's ledger reads as a chain from the capture."""
+    return f"{_payment(payment_id)[0]}:capture"
 
 
 def dispute_opened(payment_id: str, dispute_id: str, amount: int, currency: str, dispute_fee: int) -> EntryDraft:

@@ -123,7 +123,10 @@ CARD_NUMBER = "4242424242424242"
 
 # Kinds of orders and their weights (per 100).
 ORDER_KINDS: tuple[tuple[str, int], ...] = (
-    ("automatic", 34),
+    ("automatic", 23),
+    ("refund_partial", 6),  # a partial refund (sent twice with its key), then the rest
+    ("refund_race", 3),  # three concurrent refunds of more than half: exactly one is made
+    ("refund_fail", 2),  # pm_card_refundFail: refunded, then Stripe fails the refund (review)
     ("manual_full", 9),
     ("manual_partial", 8),
     ("manual_cancel", 4),
@@ -157,6 +160,7 @@ class OrderPlan:
     kind: str
     body: dict[str, Any]
     capture_amount: int | None = None  # manual_partial: how much to capture
+    refund_amount: int | None = None  # refund_partial: the first refund
     action_delay_seconds: float = 0.0
 
 
@@ -209,6 +213,7 @@ def plan_orders(rng: random.Random, orders: int, run_tag: str, flaky_account: st
             "three_ds_abandoned": "pm_card_authenticationRequired",
             "dispute_won": "pm_card_createDispute",
             "dispute_lost": "pm_card_createDispute",
+            "refund_fail": "pm_card_refundFail",
         }.get(kind, rng.choice(("pm_card_visa", "pm_card_mastercard")))
         body: dict[str, Any] = {
             "order_id": order_id,
@@ -224,6 +229,8 @@ def plan_orders(rng: random.Random, orders: int, run_tag: str, flaky_account: st
         plan = OrderPlan(index, order_id, kind, body, action_delay_seconds=rng.uniform(0.0, 3.0))
         if kind == "manual_partial":
             plan.capture_amount = max(1, int(amount * rng.uniform(0.3, 0.9)))
+        if kind == "refund_partial":
+            plan.refund_amount = rng.randint(1, amount - 1)
         plans.append(plan)
     return plans
 
@@ -277,6 +284,7 @@ class ChaosState:
     client_retries: int = 0
     refused_card_numbers: int = 0
     late_customers: int = 0
+    refunds_made: int = 0
     unexpected: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -480,6 +488,67 @@ class ChaosRun:
                         self.state.late_customers += 1
         elif plan.kind in ("dispute_won", "dispute_lost"):
             await self._close_dispute(client, control, plan, payment_id, payment)
+        elif plan.kind in ("refund_partial", "refund_race", "refund_fail"):
+            await self._refund(client, plan, payment_id, payment)
+
+    def _unexpected(self, line: str) -> None:
+        with self.state.lock:
+            self.state.unexpected.append(line[:300])
+
+    async def _refund(self, client: Client, plan: OrderPlan, payment_id: str, payment: dict[str, Any]) -> None:
+        """Refunds as a merchant's backend makes them: retried with their key, raced, sent twice."""
+        payment = await self._wait_status(client, payment_id, ("captured", "settled"), payment)
+        if payment.get("status") not in ("captured", "settled"):
+            return
+        path = f"/v1/payments/{payment_id}/refunds"
+        captured = int(payment["amount_captured"])
+        if plan.kind == "refund_race":
+            share = captured // 2 + 1
+            answers = await asyncio.gather(
+                *(
+                    client.request("POST", path, key=f"{plan.order_id}-race{n}", body={"amount": share})
+                    for n in range(3)
+                )
+            )
+            made = [answer for answer in answers if answer.status_code == 200]
+            with self.state.lock:
+                self.state.refunds_made += len(made)
+            if len(made) > 1:
+                self._unexpected(f"{plan.order_id}: {len(made)} racing refunds of {share} of {captured} were made")
+            for answer in answers:
+                self._check_refund_answer(plan, answer)
+            return
+        first_body = {"amount": plan.refund_amount} if plan.refund_amount else None
+        first_key = f"{plan.order_id}-refund1"
+        first = await client.request("POST", path, key=first_key, body=first_body)
+        self._check_refund_answer(plan, first)
+        if first.status_code != 200:
+            return
+        again = await client.request("POST", path, key=first_key, body=first_body)
+        if again.status_code != 200 or again.json().get("id") != first.json().get("id"):
+            self._unexpected(f"{plan.order_id}: the same refund key answered {again.status_code} {again.text[:120]}")
+        with self.state.lock:
+            self.state.refunds_made += 1
+        if plan.refund_amount:
+            rest = await client.request("POST", path, key=f"{plan.order_id}-refund2")
+            self._check_refund_answer(plan, rest)
+            if rest.status_code == 200:
+                with self.state.lock:
+                    self.state.refunds_made += 1
+
+    def _check_refund_answer(self, plan: OrderPlan, answer: httpx.Response) -> None:
+        """A refund answer is the refund, or a Stripe-shaped refusal a merchant can act on."""
+        if answer.status_code == 200:
+            return
+        error = (answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}).get(
+            "error"
+        ) or {}
+        expected = {
+            400: ("amount_too_large", "charge_already_refunded", "charge_disputed"),
+            409: ("payment_disbursement_pending", "refund_in_progress", "payment_state_conflict"),
+        }.get(answer.status_code, ())
+        if error.get("code") not in expected or not error.get("message") or error.get("type") is None:
+            self._unexpected(f"{plan.order_id}: refund answered {answer.status_code} {answer.text[:160]}")
 
     async def _wait_status(
         self, client: Client, payment_id: str, wanted: tuple[str, ...], payment: dict[str, Any]
@@ -702,6 +771,7 @@ def _soak(
     faults["client retries"] = run.state.client_retries
     faults["card numbers refused"] = run.state.refused_card_numbers
     faults["3-D Secure completed too late"] = run.state.late_customers
+    faults["refunds made"] = run.state.refunds_made
     invariants = asyncio.run(
         _check(
             target.database_url, target.emulator_url, target.temporal_address, target.namespace, target.logs_dir, run

@@ -116,7 +116,9 @@ UNEXPECTED_END_QUERY = 'ExecutionStatus="Failed" OR ExecutionStatus="Terminated"
 EMULATOR_COLLECTIONS = ["payment_intents", "refunds", "transfers", "disputes", "application_fees"]
 DUMPED_SCHEMAS = ("public", "ledger")
 # The money compared per order by `money_matches`, in this order.
-MONEY_QUANTITIES = ("captured", "transferred", "refunded", "disputes_lost")
+# `refund_unrecovered` is the ledger's refund_recoverable balance: recipients' refund shares not
+# yet back by transfer reversal; at the processor it is always 0 (a reversal is made or it is not).
+MONEY_QUANTITIES = ("captured", "transferred", "refunded", "disputes_lost", "refund_unrecovered")
 
 
 # ------------------------------------------------------------------------------------ results
@@ -425,9 +427,13 @@ async def check_nothing_stuck(
 #   debits stripe:pending or, after a hold, the clearing account). The hold's own final posting
 #   (`payment:<id>:authorization:capture`) moves the same money into the clearing account and is
 #   left out, or a manual capture would count twice.
-# - transferred: transfer entries' debits on seller payables, minus reversal entries' credits.
-# - refunded: refund entries' credit on stripe:pending (the refund amount).
+# - transferred: transfer entries' debits on seller payables, minus transfer reversals: reversal
+#   entries' credits on seller payables, and refund recoveries' credits on the payment's
+#   refund_recoverable account.
+# - refunded: refund entries' credit on stripe:pending (the refund amount), net of the debit a
+#   failed refund books back (recoveries, which also carry the refund id, are left out).
 # - disputes_lost: lost-dispute entries' debit on platform:disputes.
+# - refund_unrecovered: the payment's refund_recoverable balance (0 once every reversal landed).
 _LEDGER_MONEY = text(
     """
     SELECT e.metadata ->> 'payment_id' AS payment_id, p.currency,
@@ -438,13 +444,18 @@ _LEDGER_MONEY = text(
                WHERE e.metadata ? 'transfer_id' AND a.code LIKE :seller_payable AND p.amount > 0), 0)
              + coalesce(sum(p.amount) FILTER (
                WHERE e.metadata ? 'reversal_id' AND a.code LIKE :seller_payable AND p.amount < 0), 0)
+             + coalesce(sum(p.amount) FILTER (
+               WHERE e.metadata ? 'reversal_id' AND a.code LIKE :refund_recoverable AND p.amount < 0), 0)
              AS text) AS transferred,
            CAST(coalesce(-sum(p.amount) FILTER (
-               WHERE e.metadata ? 'refund_id' AND a.code LIKE :stripe_pending AND p.amount < 0), 0) AS text)
+               WHERE e.metadata ? 'refund_id' AND NOT e.metadata ? 'reversal_id'
+                 AND a.code LIKE :stripe_pending), 0) AS text)
              AS refunded,
            CAST(coalesce(sum(p.amount) FILTER (
                WHERE e.metadata ? 'dispute_id' AND e.idempotency_key LIKE :dispute_lost_key
-                 AND a.code LIKE :platform_disputes AND p.amount > 0), 0) AS text) AS disputes_lost
+                 AND a.code LIKE :platform_disputes AND p.amount > 0), 0) AS text) AS disputes_lost,
+           CAST(coalesce(sum(p.amount) FILTER (
+               WHERE e.kind = 'posted' AND a.code LIKE :refund_recoverable), 0) AS text) AS refund_unrecovered
       FROM ledger.entries e
       JOIN ledger.postings p ON p.entry_id = e.id
       JOIN ledger.accounts a ON a.id = p.account_id
@@ -457,6 +468,7 @@ _LEDGER_MONEY_PATTERNS = {
     "capture_key": "%:capture",
     "hold_capture_key": "%:authorization:capture",
     "seller_payable": "seller:%:payable:%",
+    "refund_recoverable": "payment:%:refund_recoverable:%",
     "stripe_pending": "stripe:pending:%",
     "dispute_lost_key": "%:dispute:%:lost",
     "platform_disputes": "platform:disputes:%",

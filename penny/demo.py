@@ -5,6 +5,9 @@
 3. an order paying a seller, a driver and tax (separate transfers in one transfer group);
 4. a declined card;
 5. a manual capture: authorised first, captured partially later (the rest is released);
+6. refunds of the three-way payment: a partial refund, then the rest, each party's share
+   given back (the recipients' by transfer reversal), with the payment's ledger after each;
+7. disputes (with the embedded emulator): one won, one lost, with the ledger after each;
 then each payment's states and the ledger's balances, and the ledger's own verification
 (every entry balanced, the whole ledger sums to zero: no lost cent).
 
@@ -26,13 +29,17 @@ from temporalio.client import Client, WorkflowHandle
 from api.workflow_client import start_payment
 from penny.settings import Settings
 from workflows.health import HealthCheckInput, HealthCheckWorkflow
+from workflows.ids import refund_id_for_request
 from workflows.payment_models import (
     QUERY_STATE,
     UPDATE_CAPTURE,
+    UPDATE_REFUND,
     CaptureRequest,
     PaymentInput,
     PaymentState,
     PaymentTimings,
+    RefundRecord,
+    RefundRequest,
     SplitRecipientSpec,
     workflow_id_for_order,
 )
@@ -45,6 +52,7 @@ DEMO_TIMINGS = replace(
     dispute_window_seconds=3600,
 )
 SETTLEMENT_WAIT_SECONDS = 30
+STEP_WAIT_SECONDS = 30
 
 
 def api_url(settings: Settings) -> str:
@@ -200,6 +208,10 @@ async def run_demo(settings: Settings) -> None:
     _print_payment("3. a declined card", declined)
     _print_payment(f"4. manual capture: {authorized_status}, then $75.00 of $99.99 captured", manual)
 
+    await _refund_tour(settings, run, three_handle)
+    if settings.uses_emulator:
+        await _dispute_tour(client, settings, order)
+
     await _print_ledger(
         settings,
         {
@@ -214,6 +226,112 @@ async def run_demo(settings: Settings) -> None:
     )
     print(f"\n  Find them in the Temporal UI: http://{settings.host}:{settings.temporal_ui_port} (OrderId STARTS_WITH)")
     print("=== demo complete ===\n")
+
+
+async def _wait_for(handle: WorkflowHandle[Any, Any], done: Any) -> PaymentState:
+    """Query the payment until `done(state)` (bounded by STEP_WAIT_SECONDS); the last state either way."""
+    state: PaymentState = await handle.query(QUERY_STATE, result_type=PaymentState)
+    for _ in range(STEP_WAIT_SECONDS * 5):
+        if done(state):
+            break
+        await asyncio.sleep(0.2)
+        state = await handle.query(QUERY_STATE, result_type=PaymentState)
+    return state
+
+
+async def _print_payment_ledger(settings: Settings, payment_id: str) -> None:
+    """The payment's posted entries summed per account (debits positive): where every cent went."""
+    from sqlalchemy import text
+
+    from penny.db import create_engine
+
+    engine = create_engine(settings.effective_database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    """
+                    SELECT a.code, sum(p.amount) AS amount, count(DISTINCT e.id) AS entries
+                      FROM ledger.postings p
+                      JOIN ledger.entries e ON e.id = p.entry_id
+                      JOIN ledger.accounts a ON a.id = p.account_id
+                     WHERE e.metadata ->> 'payment_id' = :id AND e.kind = 'posted'
+                     GROUP BY a.code ORDER BY a.code
+                    """
+                ),
+                {"id": payment_id},
+            )
+            lines = [(row.code, int(row.amount)) for row in rows]
+    finally:
+        await engine.dispose()
+    print("      ledger of this payment, net per account (debits +, credits −):")
+    for code, amount in lines:
+        if amount:
+            print(f"        {code:<46} {amount:>8}")
+    print(f"        {'(sum)':<46} {sum(amount for _, amount in lines):>8}")
+
+
+async def _refund_tour(settings: Settings, run: str, handle: WorkflowHandle[Any, Any]) -> None:
+    state: PaymentState = await handle.query(QUERY_STATE, result_type=PaymentState)
+    print(f"\n  6. Refunds of payment 2 ({money(state.amount_captured, state.currency)}, {state.status})")
+    for step, amount in (("refund-1", 2000), ("refund-2", None)):
+        request = RefundRequest(
+            refund_id=refund_id_for_request(state.payment_id, "demo", f"demo-{run}-{step}"),
+            amount=amount,
+            reason="requested_by_customer",
+        )
+        record: RefundRecord = await handle.execute_update(UPDATE_REFUND, request, result_type=RefundRecord)
+        state = await _wait_for(
+            handle,
+            lambda current, refund_id=record.refund_id: all(
+                item.status != "pending" for item in current.refunds if item.refund_id == refund_id
+            ),
+        )
+        [record] = [item for item in state.refunds if item.refund_id == record.refund_id]
+        what = "part" if amount else "the rest"
+        print(
+            f"    refund {record.refund_id} of {money(record.amount, state.currency)} ({what}) → {record.status}; "
+            f"payment {state.status}"
+        )
+        print(
+            f"      given back: platform fee {money(record.platform_fee, state.currency)}, "
+            f"tax {money(record.tax, state.currency)}"
+            + "".join(
+                f", {part.role} {part.account_id} {money(part.amount, state.currency)}" for part in record.recipients
+            )
+        )
+        for item in record.recoveries:
+            print(
+                f"      {item.account_id}: transfer reversal {item.reversal_id} of {money(item.amount, state.currency)}"
+            )
+        await _print_payment_ledger(settings, state.payment_id)
+
+
+async def _dispute_tour(client: Client, settings: Settings, order: Any) -> None:
+    from stripe_emulator.control import AsyncEmulatorControl
+
+    print("\n  7. Disputes (the emulator's card network decides)")
+    async with AsyncEmulatorControl(settings.effective_stripe_api_base) as control:
+        for outcome in ("won", "lost"):
+            state, handle = await _start_payment(
+                client, settings, order(f"dispute-{outcome}", payment_method="pm_card_createDispute")
+            )
+            state = await _wait_for(handle, lambda current: current.status == "DISPUTED")
+            if state.status != "DISPUTED":
+                print(f"    the dispute did not reach the payment in {STEP_WAIT_SECONDS} s ({state.status})")
+                continue
+            disputes = (await control.state(["disputes"]))["disputes"]
+            [dispute] = [item for item in disputes if item["payment_intent"] == state.stripe_payment_intent_id]
+            print(
+                f"    payment {state.payment_id} DISPUTED by {dispute['id']}"
+                f" ({money(dispute['amount'], state.currency)})"
+            )
+            await _print_payment_ledger(settings, state.payment_id)
+            await control.close_dispute(dispute["id"], outcome)
+            wanted = "SETTLED" if outcome == "won" else "REVERSED"
+            state = await _wait_for(handle, lambda current, wanted=wanted: current.status == wanted)
+            print(f"    dispute {outcome} → payment {state.status} (dispute status {state.dispute_status})")
+            await _print_payment_ledger(settings, state.payment_id)
 
 
 async def _api_tour(settings: Settings, run: str, seller: str) -> None:

@@ -1,5 +1,10 @@
 """Stripe-shaped errors: `{"error": {"type", "code", "message", "param", ...}}` with Stripe's status codes.
 
+Stripe omits an error's absent keys rather than sending null (its error schema makes every key
+but `type` optional): a card decline carries no `param`, a 500 carries only `message` and
+`type`. The emulator does the same, and never sends `request_log_url` (a Dashboard link that
+only exists for live requests).
+
 `saved` says whether an idempotent request that ends in this error has its response saved.
 Stripe saves a response once execution began (declines, state conflicts, 500s) and not for
 parameter validation failures.
@@ -40,7 +45,8 @@ class StripeError(Exception):
         if self.code:
             error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
         error.update(self.extra)
-        return {"error": error}
+        # Absent keys are left out, as Stripe does; keys in alphabetical order, as Stripe sends them.
+        return {"error": {key: error[key] for key in sorted(error) if error[key] is not None}}
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> StripeError:

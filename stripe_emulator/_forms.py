@@ -224,6 +224,11 @@ def metadata(params: dict[str, Any], existing: dict[str, str] | None = None) -> 
     return result
 
 
+def metadata_previous(old: dict[str, str], new: dict[str, str]) -> dict[str, str | None]:
+    """An event's `previous_attributes.metadata`: the changed keys only, with their old values (null if new)."""
+    return {key: old.get(key) for key in sorted({*old, *new}) if old.get(key) != new.get(key)}
+
+
 def string_list(params: dict[str, Any], name: str) -> list[str]:
     value = params.get(name)
     if value is None or value == "":

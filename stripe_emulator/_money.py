@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from stripe_emulator import _forms as forms
-from stripe_emulator._errors import StripeError, invalid_request, unexpected_state
+from stripe_emulator._errors import StripeError, invalid_request, resource_missing, unexpected_state
 from stripe_emulator._router import Call, route
-from stripe_emulator._state import State
+from stripe_emulator._state import State, copy_json
 
 FEE_RATE_PER_THOUSAND = 29
 FEE_FIXED_MINOR = 30
@@ -22,6 +22,7 @@ FEE_FIXED_MINOR = 30
 REPORTING_CATEGORIES = {
     "charge": "charge",
     "refund": "refund",
+    "refund_failure": "refund_failure",
     "transfer": "transfer",
     "transfer_refund": "transfer_reversal",
     "payout": "payout",
@@ -47,6 +48,7 @@ def add_balance_transaction(
     fee_description: str = "Stripe processing fees",
     pending: bool = False,
     description: str | None = None,
+    reporting_category: str | None = None,
 ) -> dict[str, Any]:
     now = state.now()
     available_on = now + state.config.settlement_delay_seconds if pending else now
@@ -74,7 +76,7 @@ def add_balance_transaction(
             else []
         ),
         "net": amount - fee,
-        "reporting_category": REPORTING_CATEGORIES.get(transaction_type, transaction_type),
+        "reporting_category": reporting_category or REPORTING_CATEGORIES.get(transaction_type, transaction_type),
         "source": source,
         "status": "pending" if pending else "available",
         "type": transaction_type,
@@ -145,6 +147,8 @@ def _new_payout(
         "id": payout_id,
         "object": "payout",
         "amount": amount,
+        "application_fee": None,
+        "application_fee_amount": None,
         "arrival_date": now + state.config.payout_arrival_delay_seconds,
         "automatic": automatic,
         "balance_transaction": transaction["id"],
@@ -158,10 +162,15 @@ def _new_payout(
         "livemode": False,
         "metadata": {},
         "method": "standard",
+        "original_payout": None,
+        "payout_method": None,
         "reconciliation_status": "in_progress" if automatic else "not_applicable",
+        "reversed_by": None,
         "source_type": "card",
         "statement_descriptor": None,
         "status": "pending",
+        # Stripe reports the trace id as pending while the payout is in flight.
+        "trace_id": {"status": "pending", "value": None},
         "type": "bank_account",
     }
     state.add(payout)
@@ -194,10 +203,13 @@ def mark_payout_paid(state: State, payout_id: str) -> None:
     payout = state.find(payout_id)
     if payout is None or payout["status"] != "pending":
         return
+    previous = {"status": payout["status"], "trace_id": copy_json(payout["trace_id"])}
     payout["status"] = "paid"
+    # No bank returns a trace id to the emulator: Stripe reports such payouts as unsupported.
+    payout["trace_id"] = {"status": "unsupported", "value": None}
     if payout["automatic"]:
         payout["reconciliation_status"] = "completed"
-    state.emit("payout.paid", payout, previous_attributes={"status": "pending"})
+    state.emit("payout.paid", payout, previous_attributes=previous)
 
 
 @route("POST", "/v1/payouts", ("amount", "currency", "description", "metadata", "method", "statement_descriptor"))
@@ -484,11 +496,19 @@ def retrieve_transfer(call: Call) -> dict[str, Any]:
 
 @route("POST", "/v1/transfers/{transfer}", ("metadata", "description"))
 def update_transfer(call: Call) -> dict[str, Any]:
+    """Stripe sends `transfer.updated` when a transfer's description or metadata changes (and only then)."""
     transfer = call.state.get("transfer", call.path["transfer"], "transfer")
-    transfer["metadata"] = forms.metadata(call.params, transfer["metadata"])
-    if "description" in call.params:
-        transfer["description"] = call.params["description"] or None
+    metadata = forms.metadata(call.params, transfer["metadata"])
+    description = (call.params["description"] or None) if "description" in call.params else transfer["description"]
+    previous: dict[str, Any] = {}
+    if metadata != transfer["metadata"]:
+        previous["metadata"] = forms.metadata_previous(transfer["metadata"], metadata)
+    if description != transfer["description"]:
+        previous["description"] = transfer["description"]
+    transfer.update(metadata=metadata, description=description)
     call.state.dirty = True
+    if previous:
+        call.state.emit("transfer.updated", transfer, call.request, previous_attributes=previous)
     return transfer
 
 
@@ -499,6 +519,17 @@ def list_transfers(call: Call) -> dict[str, Any]:
     return call.state.list_object("transfer", call.params, "/v1/transfers", predicate)
 
 
+def _check_reversal_amount(transfer: dict[str, Any], amount: int) -> None:
+    remaining = transfer["amount"] - transfer["amount_reversed"]
+    assert remaining >= 0, (transfer["id"], remaining)
+    if amount > remaining:
+        raise unexpected_state(
+            f"You have requested a reversal of {amount} but this transfer only has {remaining} remaining.",
+            code=None,
+            param="amount",
+        )
+
+
 def reverse_transfer(
     state: State,
     transfer: dict[str, Any],
@@ -507,13 +538,8 @@ def reverse_transfer(
     source_refund: str | None,
     request: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    remaining = transfer["amount"] - transfer["amount_reversed"]
-    if amount > remaining:
-        raise unexpected_state(
-            f"You have requested a reversal of {amount} but this transfer only has {remaining} remaining.",
-            code=None,
-            param="amount",
-        )
+    """Take `amount` back from the connected account; Stripe sends `transfer.reversed` (not `transfer.updated`)."""
+    _check_reversal_amount(transfer, amount)
     reversal_id = state.new_id("trr")
     transaction = add_balance_transaction(
         state, amount=amount, currency=transfer["currency"], transaction_type="transfer_refund", source=reversal_id
@@ -534,11 +560,57 @@ def reverse_transfer(
     previous = {"amount_reversed": transfer["amount_reversed"], "reversed": transfer["reversed"]}
     transfer["amount_reversed"] += amount
     transfer["reversed"] = transfer["amount_reversed"] == transfer["amount"]
+    assert transfer["amount_reversed"] <= transfer["amount"], transfer["id"]
     reversals = transfer["reversals"]
     reversals["data"].insert(0, reversal)
     reversals["total_count"] += 1
     state.emit("transfer.reversed", transfer, request, previous_attributes=previous)
     return reversal
+
+
+# --------------------------------------------------------------------------- connected balances (test hook)
+
+REVERSALS_REFUSED_KEY = "reversals_balance_insufficient"
+
+
+def set_reversals_refused(state: State, account_id: str, refused: bool) -> dict[str, Any]:
+    """Test hook: the connected account's balance cannot (or can again) cover reversals of its transfers.
+
+    The emulator keeps no balance for connected accounts (they never pay out, so a real balance
+    would always cover a reversal); this switch stands for "the account has paid its balance
+    out". It is state, not a fault rule: it belongs to the account and answers every reversal of
+    every transfer to it, whatever the transfer id, until it is switched off.
+    """
+    account = ensure_account(state, account_id, "account")
+    state.private_of(account["id"])[REVERSALS_REFUSED_KEY] = refused
+    state.dirty = True
+    return {"account": account["id"], "reversals_fail": refused}
+
+
+def mark_destination_charge_transfer(state: State, transfer_id: str, charge_id: str) -> None:
+    state.private_of(transfer_id)["destination_charge"] = charge_id
+
+
+def _refuse_if_balance_insufficient(state: State, transfer: dict[str, Any], amount: int) -> None:
+    """Stripe reverses a transfer_group transfer only if the destination account's balance covers it.
+
+    A transfer made for a destination charge is reversible up to the charge whatever the
+    connected account holds (Stripe's TransferReversal reference), so those are never refused.
+    The refusal is Stripe's `balance_insufficient` invalid_request_error (400, no `param`).
+    """
+    if state.private.get(transfer["id"], {}).get("destination_charge"):
+        return
+    destination = transfer["destination"]
+    if not state.private.get(destination, {}).get(REVERSALS_REFUSED_KEY):
+        return
+    raise StripeError(
+        400,
+        "invalid_request_error",
+        f"Insufficient funds in the destination account ({destination}) to reverse this transfer: its available "
+        f"balance does not cover the reversal of {amount} {transfer['currency']}. A transfer can only be reversed "
+        "while the destination account's balance covers the reversal.",
+        code="balance_insufficient",
+    )
 
 
 @route("POST", "/v1/transfers/{transfer}/reversals", ("amount", "metadata", "description", "refund_application_fee"))
@@ -549,14 +621,10 @@ def create_transfer_reversal(call: Call) -> dict[str, Any]:
     metadata = forms.metadata(params)
     if transfer["reversed"]:
         raise unexpected_state(f"Transfer {transfer['id']} has already been fully reversed.", code=None)
-    return reverse_transfer(
-        state,
-        transfer,
-        amount if amount is not None else transfer["amount"] - transfer["amount_reversed"],
-        metadata,
-        None,
-        call.request,
-    )
+    amount = transfer["amount"] - transfer["amount_reversed"] if amount is None else amount
+    _check_reversal_amount(transfer, amount)
+    _refuse_if_balance_insufficient(state, transfer, amount)
+    return reverse_transfer(state, transfer, amount, metadata, None, call.request)
 
 
 @route("GET", "/v1/transfers/{transfer}/reversals", ("limit", "starting_after", "ending_before"))
@@ -570,5 +638,8 @@ def list_transfer_reversals(call: Call) -> dict[str, Any]:
 
 @route("GET", "/v1/transfers/{transfer}/reversals/{reversal}")
 def retrieve_transfer_reversal(call: Call) -> dict[str, Any]:
-    call.state.get("transfer", call.path["transfer"], "id")
-    return call.state.get("transfer_reversal", call.path["reversal"], "id")
+    transfer = call.state.get("transfer", call.path["transfer"], "id")
+    reversal = call.state.get("transfer_reversal", call.path["reversal"], "id")
+    if reversal["transfer"] != transfer["id"]:
+        raise resource_missing("transfer_reversal", reversal["id"])
+    return reversal

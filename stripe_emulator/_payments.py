@@ -1,4 +1,7 @@
-"""PaymentIntents, Charges, Refunds, Disputes, PaymentMethods and Customers, with Stripe's test cards.
+"""PaymentIntents, Charges, PaymentMethods and Customers, with Stripe's test cards.
+
+Refunds live in `_refunds`, disputes in `_disputes`; the test cards here say which charges
+those modules fail (pm_card_refundFail) or dispute (pm_card_createDispute, ..Inquiry).
 
 Status machine (as Stripe): requires_payment_method → requires_confirmation → (confirm)
 → requires_action (3DS) → requires_capture (manual) or succeeded; a decline returns the
@@ -18,8 +21,8 @@ from stripe_emulator._errors import StripeError, invalid_request, resource_missi
 from stripe_emulator._money import (
     add_balance_transaction,
     ensure_account,
+    mark_destination_charge_transfer,
     new_transfer,
-    reverse_transfer,
     stripe_fee_minor,
 )
 from stripe_emulator._router import Call, route
@@ -29,7 +32,6 @@ AMOUNT_MINIMUM_MINOR = 50
 AMOUNT_MAXIMUM_MINOR = 99_999_999
 CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
 CANCELLATION_REASONS = ("duplicate", "fraudulent", "requested_by_customer", "abandoned")
-REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation", "requires_action", "processing")
 CONFIRMABLE = ("requires_payment_method", "requires_confirmation", "requires_action")
 AUTHENTICATION_FAILED_MESSAGE = (
@@ -42,13 +44,17 @@ AUTHENTICATION_FAILED_MESSAGE = (
 class TestCard:
     brand: str
     last4: str
-    outcome: str = "succeed"  # succeed | decline | authenticate | dispute
+    # succeed | decline | authenticate | dispute (a chargeback) | inquiry (a dispute that withdraws
+    # nothing yet) | refund_fail (the charge succeeds; its refunds fail later)
+    outcome: str = "succeed"
     code: str | None = None
     decline_code: str | None = None
     message: str | None = None
     funding: str = "credit"
 
 
+# Test cards whose charge is disputed `dispute_delay_seconds` after it succeeds.
+DISPUTE_OUTCOMES = ("dispute", "inquiry")
 _DECLINED = "Your card was declined."
 TEST_CARDS: dict[str, TestCard] = {
     "pm_card_visa": TestCard("visa", "4242"),
@@ -56,6 +62,8 @@ TEST_CARDS: dict[str, TestCard] = {
     "pm_card_mastercard": TestCard("mastercard", "4444"),
     "pm_card_amex": TestCard("amex", "8431"),
     "pm_card_createDispute": TestCard("visa", "0259", outcome="dispute"),
+    "pm_card_createDisputeInquiry": TestCard("visa", "1976", outcome="inquiry"),
+    "pm_card_refundFail": TestCard("visa", "5126", outcome="refund_fail"),
     "pm_card_authenticationRequired": TestCard("visa", "3184", outcome="authenticate"),
     "pm_card_threeDSecure2Required": TestCard("visa", "3220", outcome="authenticate"),
     "pm_card_chargeDeclined": TestCard("visa", "0002", "decline", "card_declined", "generic_decline", _DECLINED),
@@ -126,7 +134,7 @@ def resolve_payment_method(state: State, value: str, customer: str | None) -> di
     return method
 
 
-def _test_card_of(state: State, payment_method_id: str) -> TestCard:
+def card_of(state: State, payment_method_id: str) -> TestCard:
     return TEST_CARDS[state.private_of(payment_method_id)["test_card"]]
 
 
@@ -161,12 +169,20 @@ def _customer(state: State, customer_id: str, params: dict[str, Any]) -> dict[st
         "balance": 0,
         "created": state.now(),
         "currency": None,
+        "default_source": None,
         "description": params.get("description"),
         "email": params.get("email"),
+        "invoice_settings": {
+            "custom_fields": None,
+            "default_payment_method": None,
+            "footer": None,
+            "rendering_options": None,
+        },
         "livemode": False,
         "metadata": forms.metadata(params),
         "name": params.get("name"),
         "phone": params.get("phone"),
+        "shipping": None,
     }
 
 
@@ -417,7 +433,7 @@ def _state_error(action: str, intent: dict[str, Any], allowed: tuple[str, ...]) 
 def _confirm(call: Call, intent: dict[str, Any]) -> None:
     state = call.state
     assert intent["payment_method"], intent["id"]
-    card = _test_card_of(state, intent["payment_method"])
+    card = card_of(state, intent["payment_method"])
     intent["last_payment_error"] = None
     if card.outcome == "authenticate" and not state.private_of(intent["id"]).get("authenticated"):
         intent["status"] = "requires_action"
@@ -465,8 +481,6 @@ def _new_charge(state: State, intent: dict[str, Any], card: TestCard, succeeded:
         "currency": intent["currency"],
         "customer": intent["customer"],
         "description": intent["description"],
-        "destination": None,
-        "dispute": None,
         "disputed": False,
         "failure_balance_transaction": None,
         "failure_code": None if succeeded else card.code,
@@ -481,13 +495,17 @@ def _new_charge(state: State, intent: dict[str, Any], card: TestCard, succeeded:
         "payment_method": intent["payment_method"],
         "payment_method_details": {"card": _card_details(card), "type": "card"},
         "receipt_email": intent["receipt_email"],
+        "receipt_number": None,
         "receipt_url": None,
         "refunded": False,
         "review": None,
+        "shipping": copy_json(intent["shipping"]),
+        "source": None,
         "source_transfer": None,
         "statement_descriptor": intent["statement_descriptor"],
+        "statement_descriptor_suffix": intent["statement_descriptor_suffix"],
         "status": "succeeded" if succeeded else "failed",
-        "transfer": None,
+        # No `transfer` key: Stripe sends it only on a charge that made a transfer (a destination charge).
         "transfer_data": copy_json(intent["transfer_data"]),
         "transfer_group": intent["transfer_group"],
     }
@@ -526,7 +544,6 @@ def _decline(call: Call, intent: dict[str, Any], card: TestCard) -> None:
             "decline_code": card.decline_code,
             "payment_intent": copy_json(intent),
             "payment_method": copy_json(payment_method),
-            "request_log_url": None,
         },
     )
 
@@ -541,7 +558,7 @@ def _authorize(call: Call, intent: dict[str, Any], card: TestCard) -> None:
         state.emit("payment_intent.amount_capturable_updated", intent, call.request)
         return
     _capture_charge(call, intent, charge, intent["amount"], emit_captured=False)
-    if card.outcome == "dispute":
+    if card.outcome in DISPUTE_OUTCOMES:
         state.schedule(state.now_float() + state.config.dispute_delay_seconds, "dispute_create", charge["id"])
 
 
@@ -572,8 +589,8 @@ def _capture_charge(
     else:
         state.emit("charge.succeeded", charge, call.request)
     state.emit("payment_intent.succeeded", intent, call.request)
-    card = _test_card_of(state, charge["payment_method"])
-    if emit_captured and card.outcome == "dispute":
+    card = card_of(state, charge["payment_method"])
+    if emit_captured and card.outcome in DISPUTE_OUTCOMES:
         state.schedule(state.now_float() + state.config.dispute_delay_seconds, "dispute_create", charge["id"])
 
 
@@ -593,7 +610,7 @@ def _destination_transfer(call: Call, intent: dict[str, Any], charge: dict[str, 
         request=call.request,
     )
     charge["transfer"] = transfer["id"]
-    charge["destination"] = transfer_data["destination"]
+    mark_destination_charge_transfer(state, transfer["id"], charge["id"])
     fee_amount = charge["application_fee_amount"]
     if fee_amount:
         fee_id = state.new_id("fee")
@@ -902,263 +919,3 @@ def create_charge(call: Call) -> dict[str, Any]:
         "The emulator supports PaymentIntents only; create a PaymentIntent with a test PaymentMethod "
         "instead of a Charge."
     )
-
-
-# --------------------------------------------------------------------------- refunds
-
-
-@route(
-    "POST",
-    "/v1/refunds",
-    (
-        "payment_intent",
-        "charge",
-        "amount",
-        "reason",
-        "metadata",
-        "reverse_transfer",
-        "refund_application_fee",
-        "instructions_email",
-        "origin",
-    ),
-)
-def create_refund(call: Call) -> dict[str, Any]:
-    state, params = call.state, call.params
-    amount = forms.integer(params, "amount", minimum=1)
-    reason = forms.choice(params, "reason", REFUND_REASONS)
-    metadata = forms.metadata(params)
-    reverse = forms.boolean(params, "reverse_transfer")
-    refund_fee = forms.boolean(params, "refund_application_fee")
-    intent_id, charge_id = params.get("payment_intent"), params.get("charge")
-    if not intent_id and not charge_id:
-        raise invalid_request(
-            "One of the following params should be provided for this request: payment_intent or charge."
-        )
-    if intent_id:
-        intent = state.get("payment_intent", intent_id, "payment_intent")
-        if intent["status"] != "succeeded":
-            raise unexpected_state(
-                f"This PaymentIntent ({intent['id']}) does not have a successful charge to refund.",
-                param="payment_intent",
-            )
-        charge = state.objects[intent["latest_charge"]]
-        if charge_id and charge_id != charge["id"]:
-            raise invalid_request("The charge does not belong to this PaymentIntent.", param="charge")
-    else:
-        charge = state.get("charge", charge_id, "charge")
-        if not charge["captured"] or charge["status"] != "succeeded":
-            raise unexpected_state(
-                f"Charge {charge['id']} is not captured and cannot be refunded.", code=None, param="charge"
-            )
-    remaining = charge["amount_captured"] - charge["amount_refunded"]
-    if charge["disputed"]:
-        raise unexpected_state(
-            f"Charge {charge['id']} has been charged back; cannot issue a refund.", code="charge_disputed"
-        )
-    if remaining <= 0:
-        raise unexpected_state(f"Charge {charge['id']} has already been refunded.", code="charge_already_refunded")
-    amount = remaining if amount is None else amount
-    if amount > remaining:
-        raise unexpected_state(
-            f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})",
-            code="amount_too_large",
-            param="amount",
-        )
-    if reverse and charge["transfer"] is None:
-        raise invalid_request(
-            "You cannot reverse a transfer on a charge that has no transfer.", param="reverse_transfer"
-        )
-    return _refund(call, charge, amount, reason, metadata, reverse, refund_fee)
-
-
-def _refund(
-    call: Call,
-    charge: dict[str, Any],
-    amount: int,
-    reason: str | None,
-    metadata: dict[str, str],
-    reverse: bool,
-    refund_fee: bool,
-) -> dict[str, Any]:
-    state = call.state
-    refund_id = state.new_id("re")
-    transaction = add_balance_transaction(
-        state, amount=-amount, currency=charge["currency"], transaction_type="refund", source=refund_id
-    )
-    refund = {
-        "id": refund_id,
-        "object": "refund",
-        "amount": amount,
-        "balance_transaction": transaction["id"],
-        "charge": charge["id"],
-        "created": state.now(),
-        "currency": charge["currency"],
-        "destination_details": {
-            "card": {"reference_status": "pending", "reference_type": "acquirer_reference_number", "type": "refund"},
-            "type": "card",
-        },
-        "metadata": metadata,
-        "payment_intent": charge["payment_intent"],
-        "reason": reason,
-        "receipt_number": None,
-        "source_transfer_reversal": None,
-        "status": "succeeded",
-        "transfer_reversal": None,
-    }
-    state.add(refund)
-    if reverse:
-        transfer = state.objects[charge["transfer"]]
-        # Proportional to the share of the charge refunded, floored so reversals never exceed the transfer.
-        reversal_amount = min(
-            transfer["amount"] * amount // charge["amount_captured"], transfer["amount"] - transfer["amount_reversed"]
-        )
-        if reversal_amount > 0:
-            reversal = reverse_transfer(state, transfer, reversal_amount, {}, refund_id, call.request)
-            refund["transfer_reversal"] = reversal["id"]
-    if refund_fee and charge["application_fee"]:
-        _refund_application_fee(state, charge, amount)
-    previous = {"amount_refunded": charge["amount_refunded"], "refunded": charge["refunded"]}
-    charge["amount_refunded"] += amount
-    charge["refunded"] = charge["amount_refunded"] == charge["amount_captured"]
-    assert charge["amount_refunded"] <= charge["amount_captured"]
-    state.emit("refund.created", refund, call.request)
-    state.emit("charge.refunded", charge, call.request, previous_attributes=previous)
-    return refund
-
-
-def _refund_application_fee(state: State, charge: dict[str, Any], refunded: int) -> None:
-    fee = state.objects[charge["application_fee"]]
-    share = min(fee["amount"] * refunded // charge["amount_captured"], fee["amount"] - fee["amount_refunded"])
-    if share <= 0:
-        return
-    fee_refund_id = state.new_id("fr")
-    transaction = add_balance_transaction(
-        state, amount=-share, currency=fee["currency"], transaction_type="application_fee_refund", source=fee_refund_id
-    )
-    state.add({
-        "id": fee_refund_id, "object": "fee_refund", "amount": share, "balance_transaction": transaction["id"],
-        "created": state.now(), "currency": fee["currency"], "fee": fee["id"], "metadata": {},
-    })  # fmt: skip
-    fee["amount_refunded"] += share
-    fee["refunded"] = fee["amount_refunded"] == fee["amount"]
-
-
-@route("GET", "/v1/refunds/{refund}")
-def retrieve_refund(call: Call) -> dict[str, Any]:
-    return call.state.get("refund", call.path["refund"], "refund")
-
-
-@route("POST", "/v1/refunds/{refund}", ("metadata",))
-def update_refund(call: Call) -> dict[str, Any]:
-    refund = call.state.get("refund", call.path["refund"], "refund")
-    refund["metadata"] = forms.metadata(call.params, refund["metadata"])
-    call.state.dirty = True
-    return refund
-
-
-@route("GET", "/v1/refunds", ("charge", "payment_intent", "created", "limit", "starting_after", "ending_before"))
-def list_refunds(call: Call) -> dict[str, Any]:
-    filters = {name: call.params[name] for name in ("charge", "payment_intent") if call.params.get(name)}
-    predicate = (lambda refund: all(refund[name] == value for name, value in filters.items())) if filters else None
-    return call.state.list_object("refund", call.params, "/v1/refunds", predicate)
-
-
-# --------------------------------------------------------------------------- disputes
-
-
-def create_dispute(state: State, charge_id: str) -> None:
-    charge = state.find(charge_id)
-    if charge is None or charge["disputed"]:
-        return
-    dispute_id = state.new_id("dp")
-    amount = charge["amount_captured"] - charge["amount_refunded"]
-    if amount <= 0:
-        return
-    transaction = add_balance_transaction(
-        state, amount=-amount, currency=charge["currency"], transaction_type="adjustment", source=dispute_id,
-        fee=state.config.dispute_fee_minor, fee_description="Dispute fee",
-        description=f"Chargeback withdrawal for {charge_id}",
-    )  # fmt: skip
-    now = state.now()
-    dispute = {
-        "id": dispute_id,
-        "object": "dispute",
-        "amount": amount,
-        "balance_transactions": [copy_json(transaction)],
-        "charge": charge_id,
-        "created": now,
-        "currency": charge["currency"],
-        "evidence": {"customer_name": None, "product_description": None, "uncategorized_text": None},
-        "evidence_details": {
-            "due_by": now + 7 * 86_400,
-            "has_evidence": False,
-            "past_due": False,
-            "submission_count": 0,
-        },
-        "is_charge_refundable": False,
-        "livemode": False,
-        "metadata": {},
-        "payment_intent": charge["payment_intent"],
-        "reason": "fraudulent",
-        "status": "needs_response",
-    }
-    state.add(dispute)
-    charge.update(disputed=True, dispute=dispute_id)
-    state.emit("charge.dispute.created", dispute)
-    state.emit("charge.dispute.funds_withdrawn", dispute)
-
-
-def close_dispute(state: State, dispute_id: str, outcome: str) -> dict[str, Any]:
-    """Test hook: the card network decides. Won returns the disputed amount (the dispute fee stays charged)."""
-    dispute = state.get("dispute", dispute_id, "dispute")
-    if outcome not in ("won", "lost"):
-        raise invalid_request("outcome must be 'won' or 'lost'", param="outcome")
-    if dispute["status"] in ("won", "lost"):
-        raise unexpected_state(f"Dispute {dispute_id} is already closed ({dispute['status']}).", code=None)
-    previous = {"status": dispute["status"]}
-    dispute["status"] = outcome
-    if outcome == "won":
-        transaction = add_balance_transaction(
-            state, amount=dispute["amount"], currency=dispute["currency"], transaction_type="adjustment",
-            source=dispute_id,
-            description=f"Chargeback reversal for {dispute['charge']}",
-        )  # fmt: skip
-        dispute["balance_transactions"].append(copy_json(transaction))
-        state.emit("charge.dispute.funds_reinstated", dispute)
-    state.dirty = True
-    state.emit("charge.dispute.closed", dispute, previous_attributes=previous)
-    return dispute
-
-
-@route("GET", "/v1/disputes/{dispute}")
-def retrieve_dispute(call: Call) -> dict[str, Any]:
-    return call.state.get("dispute", call.path["dispute"], "dispute")
-
-
-@route("POST", "/v1/disputes/{dispute}", ("metadata", "evidence", "submit"))
-def update_dispute(call: Call) -> dict[str, Any]:
-    dispute = call.state.get("dispute", call.path["dispute"], "dispute")
-    dispute["metadata"] = forms.metadata(call.params, dispute["metadata"])
-    evidence = call.params.get("evidence")
-    if isinstance(evidence, dict):
-        dispute["evidence"].update({key: value for key, value in evidence.items() if isinstance(value, str)})
-        dispute["evidence_details"]["has_evidence"] = True
-    if forms.boolean(call.params, "submit", default=True) and evidence:
-        dispute["status"] = "under_review"
-        dispute["evidence_details"]["submission_count"] += 1
-    call.state.dirty = True
-    call.state.emit("charge.dispute.updated", dispute, call.request)
-    return dispute
-
-
-@route("POST", "/v1/disputes/{dispute}/close", ())
-def accept_dispute(call: Call) -> dict[str, Any]:
-    """Stripe's "close" accepts the dispute: it is lost."""
-    return close_dispute(call.state, call.path["dispute"], "lost")
-
-
-@route("GET", "/v1/disputes", ("charge", "payment_intent", "created", "limit", "starting_after", "ending_before"))
-def list_disputes(call: Call) -> dict[str, Any]:
-    filters = {name: call.params[name] for name in ("charge", "payment_intent") if call.params.get(name)}
-    predicate = (lambda dispute: all(dispute[name] == value for name, value in filters.items())) if filters else None
-    return call.state.list_object("dispute", call.params, "/v1/disputes", predicate)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from stripe_emulator import _events, _money, _payments
+from stripe_emulator import _disputes, _events, _money, _payments, _refunds
 from stripe_emulator import _forms as forms
 from stripe_emulator._errors import StripeError, api_error, invalid_request, rate_limited
 from stripe_emulator._faults import FaultRegistry
@@ -66,7 +66,7 @@ def _mask(key: str) -> str:
 
 
 def run_due_work(state: State) -> None:
-    """Settlement, payouts, disputes and pruning that are due on the emulator clock, in time order."""
+    """Settlement, payouts, disputes, refund failures and pruning due on the emulator clock, in time order."""
     now = state.now_float()
     settled = False
     while True:
@@ -83,7 +83,9 @@ def run_due_work(state: State) -> None:
         if kind == "settle":
             settled = _money.settle(state, subject) or settled
         elif kind == "dispute_create":
-            _payments.create_dispute(state, subject)
+            _disputes.create_dispute(state, subject)
+        elif kind == "refund_fail":
+            _refunds.fail_refund_when_due(state, subject)
         elif kind == "payout_paid":
             _money.mark_payout_paid(state, subject)
         else:
@@ -452,7 +454,17 @@ class Emulator:
         elif len(parts) == 3 and head == "payment_intents" and parts[2] == "override_status" and method == "POST":
             return _payments.override_status(state, parts[1], str(body.get("status", "")))
         elif len(parts) == 3 and head == "disputes" and parts[2] == "close" and method == "POST":
-            return _payments.close_dispute(state, parts[1], str(body.get("outcome", "")))
+            return _disputes.close_dispute(state, parts[1], str(body.get("outcome", "")))
+        elif len(parts) == 3 and head == "refunds" and parts[2] == "fail" and method == "POST":
+            reason = body.get("failure_reason", _refunds.REFUND_FAIL_CARD_REASON)
+            if not isinstance(reason, str):
+                raise invalid_request("failure_reason must be a string", param="failure_reason")
+            return _refunds.fail_refund(state, parts[1], reason)
+        elif len(parts) == 3 and head == "accounts" and parts[2] == "reversals" and method == "POST":
+            fail = body.get("fail")
+            if not isinstance(fail, bool):
+                raise invalid_request("fail must be true or false", param="fail")
+            return _money.set_reversals_refused(state, parts[1], fail)
         elif len(parts) == 3 and head == "webhook_endpoints" and parts[2] == "roll_secret" and method == "POST":
             expires = body.get("expires_in_seconds")
             if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int) or expires < 0):

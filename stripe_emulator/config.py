@@ -1,8 +1,8 @@
 """Emulator configuration: one frozen dataclass, every field overridable by a PENNY_EMULATOR_* variable.
 
-Durations on the emulator clock (settlement, payouts, idempotency window, disputes, event
-retention) move when the clock is advanced; webhook retry and timeout durations are real
-seconds, because they govern real HTTP deliveries.
+Durations on the emulator clock (settlement, payouts, idempotency window, disputes, refund
+failures, event retention) move when the clock is advanced; webhook retry and timeout durations
+are real seconds, because they govern real HTTP deliveries.
 """
 
 from __future__ import annotations
@@ -30,9 +30,15 @@ class EmulatorConfig:
     webhook_retry_schedule_seconds: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0)
     webhook_timeout_seconds: float = 10.0
     webhook_concurrency_max: int = 16
-    # pm_card_createDispute: the dispute appears this long (emulator clock) after the charge succeeds.
+    # pm_card_createDispute / pm_card_createDisputeInquiry: the dispute (or inquiry) appears this
+    # long (emulator clock) after the charge succeeds.
     dispute_delay_seconds: float = 1.0
+    # Stripe's US dispute fee, withdrawn with a chargeback and kept even when it is won (an inquiry
+    # withdraws nothing).
     dispute_fee_minor: int = 1500
+    # pm_card_refundFail: its refunds are created `succeeded` and fail this long (emulator clock)
+    # later, as Stripe's asynchronous refund failures do.
+    refund_failure_delay_seconds: float = 5.0
     event_retention_seconds: int = 30 * DAY_SECONDS
     # A rolled webhook secret stays valid (and is still signed with) for this long.
     webhook_secret_roll_expiry_seconds: int = DAY_SECONDS

@@ -56,6 +56,10 @@ def _webhook_fault_body(
     return body
 
 
+def _refund_failure_body(failure_reason: str | None) -> dict[str, Any]:
+    return {} if failure_reason is None else {"failure_reason": failure_reason}
+
+
 def _result(response: httpx.Response) -> Any:
     if response.status_code >= 400:
         raise EmulatorControlError(
@@ -154,7 +158,16 @@ class EmulatorControl:
         return dict(self._call("POST", f"/payment_intents/{pi_id}/override_status", {"status": status}))
 
     def close_dispute(self, dp_id: str, outcome: str) -> dict[str, Any]:
+        """A chargeback ends `won` or `lost`; an inquiry ends `warning_closed`."""
         return dict(self._call("POST", f"/disputes/{dp_id}/close", {"outcome": outcome}))
+
+    def fail_refund(self, refund_id: str, failure_reason: str | None = None) -> dict[str, Any]:
+        """The succeeded refund fails now, as pm_card_refundFail's do later (default expired_or_canceled_card)."""
+        return dict(self._call("POST", f"/refunds/{refund_id}/fail", _refund_failure_body(failure_reason)))
+
+    def fail_reversals(self, account_id: str, fail: bool = True) -> dict[str, Any]:
+        """Reversals of transfers to the account are refused with balance_insufficient (until fail=False)."""
+        return dict(self._call("POST", f"/accounts/{account_id}/reversals", {"fail": fail}))
 
     def roll_webhook_secret(self, endpoint_id: str, expires_in_seconds: int | None = None) -> str:
         body = {} if expires_in_seconds is None else {"expires_in_seconds": expires_in_seconds}
@@ -258,6 +271,12 @@ class AsyncEmulatorControl:
 
     async def close_dispute(self, dp_id: str, outcome: str) -> dict[str, Any]:
         return dict(await self._call("POST", f"/disputes/{dp_id}/close", {"outcome": outcome}))
+
+    async def fail_refund(self, refund_id: str, failure_reason: str | None = None) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/refunds/{refund_id}/fail", _refund_failure_body(failure_reason)))
+
+    async def fail_reversals(self, account_id: str, fail: bool = True) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/accounts/{account_id}/reversals", {"fail": fail}))
 
     async def roll_webhook_secret(self, endpoint_id: str, expires_in_seconds: int | None = None) -> str:
         body = {} if expires_in_seconds is None else {"expires_in_seconds": expires_in_seconds}

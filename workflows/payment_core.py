@@ -270,7 +270,7 @@ def refund_refusal(state: PaymentState, amount: int | None, disbursing: bool) ->
     if left <= 0:
         return Refusal("the payment is fully refunded already", "charge_already_refunded")
     if amount is not None and amount > left:
-        return Refusal(f"refund amount {amount} is greater than the {left} left to refund", "amount_too_large")
+        return Refusal(f"the refund amount is greater than the {left} left to refund", "amount_too_large")
     return None
 
 
