@@ -123,7 +123,7 @@ CARD_NUMBER = "4242424242424242"
 
 # Kinds of orders and their weights (per 100).
 ORDER_KINDS: tuple[tuple[str, int], ...] = (
-    ("automatic", 23),
+    ("automatic", 21),
     ("refund_partial", 6),  # a partial refund (sent twice with its key), then the rest
     ("refund_race", 3),  # three concurrent refunds of more than half: exactly one is made
     ("refund_fail", 2),  # pm_card_refundFail: refunded, then Stripe fails the refund (review)
@@ -136,6 +136,7 @@ ORDER_KINDS: tuple[tuple[str, int], ...] = (
     ("three_ds_abandoned", 4),
     ("dispute_won", 5),
     ("dispute_lost", 5),
+    ("dispute_inquiry", 2),  # pm_card_createDisputeInquiry: an inquiry, closed warning_closed (no money moves)
     ("card_number", 4),
     ("same_order_new_key", 10),
 )
@@ -213,6 +214,7 @@ def plan_orders(rng: random.Random, orders: int, run_tag: str, flaky_account: st
             "three_ds_abandoned": "pm_card_authenticationRequired",
             "dispute_won": "pm_card_createDispute",
             "dispute_lost": "pm_card_createDispute",
+            "dispute_inquiry": "pm_card_createDisputeInquiry",
             "refund_fail": "pm_card_refundFail",
         }.get(kind, rng.choice(("pm_card_visa", "pm_card_mastercard")))
         body: dict[str, Any] = {
@@ -486,7 +488,7 @@ class ChaosRun:
                         raise
                     with self.state.lock:
                         self.state.late_customers += 1
-        elif plan.kind in ("dispute_won", "dispute_lost"):
+        elif plan.kind in ("dispute_won", "dispute_lost", "dispute_inquiry"):
             await self._close_dispute(client, control, plan, payment_id, payment)
         elif plan.kind in ("refund_partial", "refund_race", "refund_fail"):
             await self._refund(client, plan, payment_id, payment)
@@ -573,11 +575,11 @@ class ChaosRun:
             if intent_id:
                 state = await control.state(["disputes"])
                 disputes = [d for d in state.get("disputes", []) if d.get("payment_intent") == intent_id]
-                open_disputes = [d for d in disputes if d.get("status") not in ("won", "lost")]
+                open_disputes = [d for d in disputes if d.get("status") not in ("won", "lost", "warning_closed")]
                 if open_disputes:
                     # Let the dispute reach the payment first (sometimes), then the network decides.
                     await asyncio.sleep(plan.action_delay_seconds)
-                    outcome = "won" if plan.kind == "dispute_won" else "lost"
+                    outcome = {"dispute_won": "won", "dispute_lost": "lost"}.get(plan.kind, "warning_closed")
                     await control.close_dispute(open_disputes[0]["id"], outcome)
                     return
                 if disputes:
