@@ -62,7 +62,8 @@ class LedgerAction:
     dispute_opened (amount + fee), dispute_won, dispute_lost (reference: the dispute id),
     refund (reference: Penny's refund id; `parts`: what each party gives back),
     refund_recovery (amount, account_id, reference: the refund id, reversal_id),
-    refund_failed (reference, `parts`, `recovered`: what each recipient had given back).
+    refund_failed (reference, `parts`, `recovered`: what each recipient had given back),
+    dispute_recovery (amount, account_id, reference: the dispute id, reversal_id).
     """
 
     kind: str

@@ -418,6 +418,10 @@ class PaymentActivities:
             draft = chart.dispute_won(payment_id, action.reference, action.amount, currency)
         elif action.kind == "dispute_lost":
             draft = chart.dispute_lost(payment_id, action.reference, action.amount, currency)
+        elif action.kind == "dispute_recovery":
+            draft = chart.dispute_recovery(
+                payment_id, action.reference, action.account_id, action.amount, currency, action.reversal_id
+            )
         elif action.kind == "refund":
             draft = chart.refund(payment_id, action.reference, _parts_to_ledger(action))
         elif action.kind == "refund_recovery":

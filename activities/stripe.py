@@ -422,7 +422,7 @@ class StripeActivities:
         params: dict[str, Any] = {
             "amount": request.amount,
             "metadata": {
-                "refund_id": request.refund_id,
+                "reference": request.reference,
                 "payment_id": request.payment_id,
                 "recipient": request.account_id,
             },
@@ -439,7 +439,7 @@ class StripeActivities:
 
     @activity.defn(name="stripe_find_reversal")
     async def find_reversal(self, request: FindReversalInput) -> FindReversalResult:
-        """Look a refund's reversal up among the transfer's reversals (by Penny's refund id and recipient)."""
+        """Look a reversal up among the transfer's reversals (by its reference and recipient, in metadata)."""
         transfer_id = await self._transfer_of(request.transfer_id, request.charge_id)
         matches: list[ReversalResult] = []
         params: dict[str, Any] = {"limit": TRANSFER_PAGE_SIZE}
@@ -450,7 +450,7 @@ class StripeActivities:
                     plain = _plain(reversal)
                     metadata = plain.get("metadata") or {}
                     if (
-                        metadata.get("refund_id") == request.refund_id
+                        metadata.get("reference") == request.reference
                         and metadata.get("recipient") == request.account_id
                     ):
                         matches.append(_reversal(plain))

@@ -173,15 +173,16 @@ class FindRefundResult:
 
 @dataclass
 class ReversalInput:
-    """A transfer reversal recovering one recipient's share of a refund.
+    """A transfer reversal recovering one recipient's share of a refund or a lost dispute.
 
-    `transfer_id` is the recipient's transfer; for a destination charge pass `charge_id`
-    instead and the activity reverses the charge's own transfer.
+    `reference` is Penny's refund id or the dispute id (in the reversal's metadata, for
+    look-ups). `transfer_id` is the recipient's transfer; for a destination charge pass
+    `charge_id` instead and the activity reverses the charge's own transfer.
     """
 
     idempotency_key: str
     amount: int
-    refund_id: str
+    reference: str
     payment_id: str
     account_id: str
     transfer_id: str | None = None
@@ -197,7 +198,7 @@ class ReversalResult:
 
 @dataclass
 class FindReversalInput:
-    refund_id: str
+    reference: str
     account_id: str
     transfer_id: str | None = None
     charge_id: str | None = None

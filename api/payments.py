@@ -302,6 +302,7 @@ async def create_payment(
             raise _order_conflict()
         payment = _payment_input(body, fingerprint, request_id, request.app.state.payment_timings)
         payment.refund_policy = _settings(request).refund_policy
+        payment.dispute_loss_policy = _settings(request).dispute_loss_policy
         try:
             state = await start_payment(client, settings, payment)
         except OrderClosed:

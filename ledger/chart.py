@@ -471,3 +471,20 @@ def dispute_lost(payment_id: str, dispute_id: str, amount: int, currency: str) -
         ],
         metadata,
     )
+
+
+def dispute_recovery(
+    payment_id: str, dispute_id: str, account_id: str, amount: int, currency: str, reversal_id: str
+) -> EntryDraft:
+    """A recipient's share of a lost dispute, back by transfer reversal: the platform's loss shrinks."""
+    key, metadata = _dispute_key(payment_id, dispute_id, f"recovery:{_identifier(account_id, 'account_id')}")
+    _positive(amount, "amount")
+    return _draft(
+        key,
+        f"Transfer reversal {reversal_id} from {account_id} for lost dispute {dispute_id} of payment {payment_id}",
+        [
+            Posting(stripe_pending(currency), amount, currency),
+            Posting(account("platform:disputes", currency), -amount, currency),
+        ],
+        {**metadata, "reversal_id": _identifier(reversal_id, "reversal_id"), "account_id": account_id},
+    )

@@ -96,6 +96,8 @@ STRIPE_POST_PATHS = (
     "/v1/payment_intents/*/capture",
     "/v1/payment_intents/*/cancel",
     "/v1/transfers",
+    "/v1/refunds",
+    "/v1/transfers/*/reversals",
 )
 STRIPE_GET_PATHS = (
     "/v1/payment_intents/*",
@@ -103,6 +105,10 @@ STRIPE_GET_PATHS = (
     "/v1/charges/*",
     "/v1/transfers",
     "/v1/balance_transactions/*",
+    "/v1/refunds",
+    "/v1/refunds/*",
+    "/v1/transfers/*/reversals",
+    "/v1/disputes/*",
 )
 TRANSIENT_STATUSES = ("created", "processing", "requires_action", "requires_payment_method", "authorized")
 WEBHOOKS_WAITING = "webhook:received"
@@ -819,6 +825,8 @@ def run_chaos(options: ChaosOptions, external: Target | None = None) -> ChaosRep
         "PENNY_PAYMENT_TIMINGS": json.dumps(CHAOS_PAYMENT_TIMINGS),
         "PENNY_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS": str(CHAOS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS),
         "PENNY_EMULATOR_IDEMPOTENCY_WINDOW_SECONDS": str(CHAOS_EMULATOR_IDEMPOTENCY_WINDOW_SECONDS),
+        # Both dispute loss policies get soaked: odd seeds pull lost disputes back from recipients.
+        "PENNY_DISPUTE_LOSS_POLICY": "recipients" if options.seed % 2 else "platform",
     }
     saved_environment = {name: os.environ.get(name) for name in chaos_environment}
     os.environ.update(chaos_environment)

@@ -428,8 +428,8 @@ async def check_nothing_stuck(
 #   (`payment:<id>:authorization:capture`) moves the same money into the clearing account and is
 #   left out, or a manual capture would count twice.
 # - transferred: transfer entries' debits on seller payables, minus transfer reversals: reversal
-#   entries' credits on seller payables, and refund recoveries' credits on the payment's
-#   refund_recoverable account.
+#   entries' credits on seller payables, refund recoveries' credits on the payment's
+#   refund_recoverable account, lost-dispute recoveries' credits on platform:disputes.
 # - refunded: refund entries' credit on stripe:pending (the refund amount), net of the debit a
 #   failed refund books back (recoveries, which also carry the refund id, are left out).
 # - disputes_lost: lost-dispute entries' debit on platform:disputes.
@@ -446,6 +446,8 @@ _LEDGER_MONEY = text(
                WHERE e.metadata ? 'reversal_id' AND a.code LIKE :seller_payable AND p.amount < 0), 0)
              + coalesce(sum(p.amount) FILTER (
                WHERE e.metadata ? 'reversal_id' AND a.code LIKE :refund_recoverable AND p.amount < 0), 0)
+             + coalesce(sum(p.amount) FILTER (
+               WHERE e.metadata ? 'reversal_id' AND a.code LIKE :platform_disputes AND p.amount < 0), 0)
              AS text) AS transferred,
            CAST(coalesce(-sum(p.amount) FILTER (
                WHERE e.metadata ? 'refund_id' AND NOT e.metadata ? 'reversal_id'

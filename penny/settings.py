@@ -177,6 +177,12 @@ class Settings(BaseSettings):
         "platform fee, the tax and every recipient return their exact share) or `platform_keeps_fee` (tax and "
         'recipients first, up to what they hold; the fee only for the rest). README "Refunds".',
     )
+    dispute_loss_policy: Literal["platform", "recipients"] = Field(
+        "platform",
+        description="Who bears a lost dispute, fixed for each payment when it starts: `platform` (recipients keep "
+        "what the capture owed them) or `recipients` (each gives back its share of the disputed amount by transfer "
+        'reversal; fee and tax stay with the platform). README "Disputes".',
+    )
     max_body_bytes: int = Field(
         65536,
         ge=1024,

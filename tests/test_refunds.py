@@ -21,9 +21,11 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
 from tests.test_api_support import api_client, auth, error_of, new_key, payment_body
 from tests.test_fault_paths import (
+    dispute_of,
     postings_by_account,
     resolve,
     review_items,
+    signal_dispute,
     stripe_fee,
     transfers_for,
     two_recipient_order,
@@ -353,3 +355,62 @@ async def test_refund_api_refuses_an_uncaptured_payment(
     error = error_of(refused)
     assert error["code"] == "payment_not_captured" and "cancel" in error["message"]
     assert stripe_refunds(payment_stack, created.json()["stripe_payment_intent_id"]) == []
+
+
+# ----------------------------------------------------------------------------- disputes
+
+
+async def test_lost_dispute_under_the_recipients_policy_pulls_each_share_back(payment_stack: PaymentStack) -> None:
+    payment = three_way_order(payment_method="pm_card_createDispute", dispute_loss_policy="recipients")
+    seller, driver = (recipient.account_id for recipient in payment.recipients)
+    state, handle = await start(payment_stack, payment)
+    await disbursed(handle)
+    dispute = await dispute_of(payment_stack, state.stripe_payment_intent_id)
+    await signal_dispute(handle, dispute, "charge.dispute.created")
+    disputed = await wait_for_status(handle, "DISPUTED")
+    assert disputed.dispute_status == "needs_response"
+    assert await refund_refused(handle, refund_request(100)) == "charge_disputed"
+    payment_stack.emulator.control.close_dispute(dispute["id"], "lost")
+    await signal_dispute(handle, dispute, "charge.dispute.closed")
+    final = await asyncio.wait_for(handle.result(), 60)
+    assert (final.status, final.dispute_status) == ("REVERSED", "lost")
+    # The whole 10000 is lost: each recipient gives back all it was paid; fee and tax stay lost.
+    assert reversals_of(payment_stack, payment.order_id) == {seller: [5985], driver: [2565]}
+    assert [(item.account_id, item.amount, item.booked) for item in final.dispute_recoveries] == [
+        (seller, 5985, True),
+        (driver, 2565, True),
+    ]
+    fee = stripe_fee(payment_stack, str(final.stripe_charge_id))
+    dispute_fee = sum(bt["fee"] for bt in dispute["balance_transactions"])
+    assert await postings_by_account(payment_stack, state.payment_id) == {
+        "stripe:pending:usd": -fee - dispute_fee,
+        "platform:fees:usd": -950,
+        "tax:payable:usd": -500,
+        "platform:processing_fees:usd": fee,
+        "platform:disputes:usd": dispute_fee + 10_000 - 8550,
+    }
+    row = await payment_row(payment_stack, state.payment_id)
+    assert (row.status, row.dispute_status) == ("REVERSED", "lost")
+    assert await ledger_findings(payment_stack) == []
+
+
+async def test_dispute_inquiry_moves_no_money_and_its_status_is_recorded(payment_stack: PaymentStack) -> None:
+    payment = new_order(payment_method="pm_card_createDisputeInquiry")
+    state, handle = await start(payment_stack, payment)
+    await disbursed(handle)
+    before = await postings_by_account(payment_stack, state.payment_id)
+    inquiry = await dispute_of(payment_stack, state.stripe_payment_intent_id)
+    assert inquiry["status"] == "warning_needs_response"
+    await signal_dispute(handle, inquiry, "charge.dispute.created")
+    deadline = asyncio.get_running_loop().time() + 30
+    while (row := await payment_row(payment_stack, state.payment_id)).dispute_status != "warning_needs_response":
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.2)
+    payment_stack.emulator.control.close_dispute(inquiry["id"], "warning_closed")
+    await signal_dispute(handle, inquiry, "charge.dispute.closed")
+    while (row := await payment_row(payment_stack, state.payment_id)).dispute_status != "warning_closed":
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.2)
+    assert row.status in ("CAPTURED", "SETTLED")
+    assert await postings_by_account(payment_stack, state.payment_id) == before
+    assert (await handle.query(QUERY_STATE, result_type=PaymentState)).disputes == {}

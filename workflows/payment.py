@@ -370,6 +370,11 @@ class PaymentWorkflow(EventSteps):
                 if S(state.status) is status:
                     await self._advance_refunds()
             return True
+        if status is not S.NEEDS_REVIEW and self._dispute_recovery_pending():
+            async with self._lock:
+                if S(state.status) is status:
+                    await self._advance_dispute_recoveries()
+            return True
         if status is not S.NEEDS_REVIEW and self._refund_awaiting_stripe():
             # Stripe has not confirmed a refund yet: its event, or a poll after the interval.
             if not await self._wait_for_change(status, timings.processing_poll_interval_seconds):

@@ -155,6 +155,8 @@ class EventSteps(RefundSteps):
             # The status cannot follow (e.g. the payment is in review): the money is booked anyway.
             await self._book(f"dispute:{dispute.id}:{dispute.status}", ledger, reason, row=row)
         state.disputes[dispute.id] = dispute.status if closed else "opened"
+        if closed and dispute.status == "lost":
+            self._plan_dispute_recovery(dispute.id, dispute.amount)
 
     async def _handle_transfer_event(self, event: StripeEventSignal) -> None:
         """A transfer Stripe reports: if it pays a recipient Penny has not recorded, record and book it."""

@@ -85,6 +85,11 @@ REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 # each still holds from this payment); the platform fee pays only what they cannot cover.
 REFUND_POLICIES = ("proportional", "platform_keeps_fee")
 REFUND_POLICY_DEFAULT = "proportional"
+# Who bears a lost dispute (README "Disputes"): platform — the platform (recipients keep what the
+# capture owed them); recipients — each recipient gives back its share of the disputed amount
+# (in proportion to what it still holds, by transfer reversal); fee and tax stay with the platform.
+DISPUTE_LOSS_POLICIES = ("platform", "recipients")
+DISPUTE_LOSS_POLICY_DEFAULT = "platform"
 
 
 @dataclass
@@ -104,6 +109,7 @@ class PaymentInput:
     description: str = ""
     timings: PaymentTimings = field(default_factory=PaymentTimings)
     refund_policy: str = REFUND_POLICY_DEFAULT
+    dispute_loss_policy: str = DISPUTE_LOSS_POLICY_DEFAULT
     # Set by continue-as-new: the state carried over from the previous run.
     carried_state: PaymentState | None = None
 
@@ -175,6 +181,19 @@ REFUND_STATUSES = (REFUND_PENDING, REFUND_SUCCEEDED, REFUND_FAILED)
 class RefundRecovery:
     """One recipient's share of a refund, pulled back with a transfer reversal (its own Stripe step)."""
 
+    account_id: str
+    amount: int
+    reversal_id: str | None = None
+    booked: bool = False
+    attempts: int = 0
+    error: str = ""
+
+
+@dataclass
+class DisputeRecovery:
+    """A recipient's share of a lost dispute, pulled back by transfer reversal (policy `recipients`)."""
+
+    dispute_id: str
     account_id: str
     amount: int
     reversal_id: str | None = None
@@ -259,6 +278,8 @@ class PaymentState:
     refunds: list[RefundRecord] = field(default_factory=list)
     # The status before the first refund was booked (where a failed refund returns the payment).
     status_before_refunds: str | None = None
+    # Recipients' shares of lost disputes to pull back (dispute loss policy `recipients`).
+    dispute_recoveries: list[DisputeRecovery] = field(default_factory=list)
     # The status of the dispute opened last (Stripe's word: needs_response, won, lost, ...).
     dispute_status: str | None = None
 

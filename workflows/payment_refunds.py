@@ -42,6 +42,7 @@ from workflows.payment_models import (
     REFUND_REASONS,
     REFUND_SUCCEEDED,
     ComputedSplit,
+    DisputeRecovery,
     RefundRecord,
     RefundRecovery,
     RefundRequest,
@@ -238,31 +239,28 @@ class RefundSteps(DisbursementSteps):
             raise
         state.amount_refunded = refunded
 
-    async def _recover(self, record: RefundRecord, recovery: RefundRecovery) -> None:
-        """Pull one recipient's share back with a transfer reversal; book it as it lands."""
+    async def _reverse_share(
+        self, step: str, reference: str, account_id: str, amount: int, kind: str
+    ) -> ReversalResult:
+        """Pull `amount` back from `account_id`'s transfer for this payment: one Stripe step (key
+        `<workflow id>:<step>`, `reference` in the reversal's metadata), looked up before it is sent again."""
         state = self._require_state()
-        paid = next((item for item in state.transfers if item.account_id == recovery.account_id), None)
+        paid = next((item for item in state.transfers if item.account_id == account_id), None)
         if paid is None or paid.transfer_id is None:
-            raise StepFailed(
-                f"refund:{record.refund_id}:reversal:{recovery.account_id}",
-                "NotTransferred",
-                f"{recovery.account_id} was never paid, so its share of refund {record.refund_id} cannot be reversed",
-                kind="refund_recovery_failed",
-            )
+            raise StepFailed(step, "NotTransferred", f"{account_id} was never paid: nothing to reverse", kind=kind)
         destination = paid.transfer_id == "destination_charge"
         transfer_id = None if destination else paid.transfer_id
         charge_id = state.stripe_charge_id if destination else None
-        step = f"refund:{record.refund_id}:reversal:{recovery.account_id}"
 
         async def act(key: str) -> ReversalResult:
             return await self._stripe(
                 "stripe_reverse_transfer",
                 ReversalInput(
                     idempotency_key=key,
-                    amount=recovery.amount,
-                    refund_id=record.refund_id,
+                    amount=amount,
+                    reference=reference,
                     payment_id=state.payment_id,
-                    account_id=recovery.account_id,
+                    account_id=account_id,
                     transfer_id=transfer_id,
                     charge_id=charge_id,
                 ),
@@ -273,35 +271,46 @@ class RefundSteps(DisbursementSteps):
             found = await self._stripe(
                 "stripe_find_reversal",
                 FindReversalInput(
-                    refund_id=record.refund_id,
-                    account_id=recovery.account_id,
-                    transfer_id=transfer_id,
-                    charge_id=charge_id,
+                    reference=reference, account_id=account_id, transfer_id=transfer_id, charge_id=charge_id
                 ),
                 FindReversalResult,
             )
             return found.reversal if found.found else None
 
-        recovery.attempts += 1
         try:
             reversal = await self._stripe_post(
                 step, f"{workflow.info().workflow_id}:{step}", act, lookup, "transfer reversal"
             )
         except StepFailed as failure:
+            failure.kind = kind
+            raise
+        if reversal.amount != amount:
+            raise StepFailed(
+                step,
+                "ReversalAmountMismatch",
+                f"reversal {reversal.reversal_id} is {reversal.amount}, the share is {amount}",
+                kind=kind,
+            )
+        return reversal
+
+    async def _recover(self, record: RefundRecord, recovery: RefundRecovery) -> None:
+        """Pull one recipient's share of a refund back with a transfer reversal; book it as it lands."""
+        recovery.attempts += 1
+        try:
+            reversal = await self._reverse_share(
+                f"refund:{record.refund_id}:reversal:{recovery.account_id}",
+                record.refund_id,
+                recovery.account_id,
+                recovery.amount,
+                "refund_recovery_failed",
+            )
+        except StepFailed as failure:
             recovery.error = failure.message[:200]
-            failure.kind = "refund_recovery_failed"
             failure.resume = (
                 f"the buyer is refunded; {recovery.account_id}'s share {recovery.amount} is not back yet "
                 "(it is in payment:<id>:refund_recoverable): resolve with `retry` to reverse it again"
             )
             raise
-        if reversal.amount != recovery.amount:
-            raise StepFailed(
-                step,
-                "ReversalAmountMismatch",
-                f"reversal {reversal.reversal_id} is {reversal.amount}, the share is {recovery.amount}",
-                kind="refund_recovery_failed",
-            )
         recovery.reversal_id, recovery.error = reversal.reversal_id, ""
         recovery.booked = True
         try:
@@ -322,6 +331,63 @@ class RefundSteps(DisbursementSteps):
         except StepFailed:
             recovery.booked = False
             raise
+
+    # ----------------------------------------------------------------- lost disputes (policy `recipients`)
+
+    def _dispute_recovery_pending(self) -> bool:
+        return any(not item.booked for item in self._require_state().dispute_recoveries)
+
+    def _plan_dispute_recovery(self, dispute_id: str, amount: int) -> None:
+        """Under the `recipients` policy, each paid recipient owes its share of the lost amount."""
+        state = self._require_state()
+        if self._require_input().dispute_loss_policy != "recipients" or state.split is None:
+            return
+        if any(item.dispute_id == dispute_id for item in state.dispute_recoveries):
+            return
+        remaining = core.remaining_parts(state)
+        shares = core.largest_remainder(remaining, min(amount, sum(remaining)))[2:]
+        for part, share in zip(state.split.parts, shares, strict=True):
+            if share > 0:
+                state.dispute_recoveries.append(DisputeRecovery(dispute_id, part.account_id, share))
+
+    async def _advance_dispute_recoveries(self) -> None:
+        for item in self._require_state().dispute_recoveries:
+            if item.booked:
+                continue
+            item.attempts += 1
+            try:
+                reversal = await self._reverse_share(
+                    f"dispute:{item.dispute_id}:reversal:{item.account_id}",
+                    item.dispute_id,
+                    item.account_id,
+                    item.amount,
+                    "dispute_recovery_failed",
+                )
+            except StepFailed as failure:
+                item.error = failure.message[:200]
+                failure.resume = (
+                    f"dispute {item.dispute_id} is lost; {item.account_id}'s share {item.amount} is not back yet "
+                    "(the platform bears it until then): resolve with `retry` to reverse it again"
+                )
+                raise
+            item.reversal_id, item.error, item.booked = reversal.reversal_id, "", True
+            try:
+                await self._book(
+                    f"dispute:{item.dispute_id}:recovery:{item.account_id}",
+                    [
+                        LedgerAction(
+                            "dispute_recovery",
+                            amount=item.amount,
+                            account_id=item.account_id,
+                            reference=item.dispute_id,
+                            reversal_id=reversal.reversal_id,
+                        )
+                    ],
+                    f"{item.account_id} bore {item.amount} of lost dispute {item.dispute_id} ({reversal.reversal_id})",
+                )
+            except StepFailed:
+                item.booked = False
+                raise
 
     # ----------------------------------------------------------------- Stripe's word on a refund
 
