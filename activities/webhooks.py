@@ -740,9 +740,11 @@ class WebhookRelayActivities:
     async def relay_webhook_events(self, request: RelayBatchInput) -> RelayBatchResult:
         """Deliver stored, undelivered events whose next attempt is due; one bounded batch."""
         settings = self._settings
+        activity.heartbeat()
         rows = await claim_due_events(self._engine, settings.webhook_relay_batch_size)
         result = RelayBatchResult(claimed=len(rows))
         for row in rows:
+            activity.heartbeat(row.event_id)
             try:
                 event = event_from_payload(row.payload)
             except PayloadInvalid as error:  # stored only after the same check: should never happen

@@ -423,8 +423,8 @@ class RefundSteps(DisbursementSteps):
             return
         if record.stripe_refund_id is None:
             record.stripe_refund_id = snapshot.id
-        if record.status == REFUND_FAILED:
-            await self._ignore(event, f"refund {record.refund_id} failed already")
+        if record.status == REFUND_FAILED or (record.status == REFUND_SUCCEEDED and snapshot.status == "succeeded"):
+            await self._ignore(event, f"refund {record.refund_id} is {record.status} already")
             return
         record.stripe_status = snapshot.status
         if snapshot.status in ("failed", "canceled"):

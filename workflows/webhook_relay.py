@@ -30,6 +30,10 @@ with workflow.unsafe.imports_passed_through():
 
 SIGNAL_WAKE = "wake"
 RELAY_ACTIVITY_TIMEOUT = timedelta(minutes=10)
+# The activity heartbeats after every event: a round lost with its worker (SIGKILL, a deploy) is
+# retried on another worker after this, not after RELAY_ACTIVITY_TIMEOUT (found by `penny chaos`:
+# dispute events waited ten minutes behind a killed worker's round).
+RELAY_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 # The activity only fails when the database is unreachable: retry until it is back, bounded interval.
 RELAY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60))
 
@@ -58,6 +62,7 @@ class WebhookRelayWorkflow:
                 RelayBatchInput(round_number=round_number),
                 result_type=RelayBatchResult,
                 start_to_close_timeout=RELAY_ACTIVITY_TIMEOUT,
+                heartbeat_timeout=RELAY_HEARTBEAT_TIMEOUT,
                 retry_policy=RELAY_RETRY,
             )
             self._rounds += 1
