@@ -1,6 +1,7 @@
-"""The API's calls into Temporal: start-and-wait (update-with-start), capture, cancel, and
-reading which request started an order's workflow. Temporal failures become `ApiError`s:
-refusals by the workflow (its update validators) are 4xx, anything else 503 (retryable)."""
+"""The API's calls into Temporal: start-and-wait (update-with-start), capture, cancel, refund, an
+operator's review resolution, and reading which request started an order's workflow. Temporal
+failures become `ApiError`s: refusals by the workflow (its update validators) are 4xx, anything
+else 503 (retryable)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -28,12 +30,14 @@ from workflows.payment_models import (
     UPDATE_CAPTURE,
     UPDATE_FIRST_MILESTONE,
     UPDATE_REFUND,
+    UPDATE_RESOLVE_REVIEW,
     CancelRequest,
     CaptureRequest,
     PaymentInput,
     PaymentState,
     RefundRecord,
     RefundRequest,
+    ResolveReviewRequest,
     workflow_id_for_order,
 )
 
@@ -44,6 +48,8 @@ logger = logging.getLogger("penny.api.temporal")
 FIRST_MILESTONE_RPC_MARGIN_SECONDS = 5.0
 QUERY_TIMEOUT_SECONDS = 5.0
 UPDATE_TIMEOUT_SECONDS = 60.0  # a capture or cancel calls Stripe with bounded retries
+# An accepted refund is answered after at most this long, made or still pending.
+REFUND_WAIT_SECONDS = 20.0
 HISTORY_READ_TIMEOUT_SECONDS = 5.0
 
 
@@ -73,6 +79,12 @@ def _refusal(error: WorkflowUpdateFailedError) -> ApiError:
             if code == "parameter_invalid":
                 param = "reason"
             return invalid_request(code, cause.message, param, status_code=402 if code == "refund_refused" else 400)
+        if cause.type == "ResolutionRefused":
+            # The operator's outcome contradicts Stripe's state, or would move the payment back.
+            return invalid_request("resolution_refused", cause.message, "action", status_code=409)
+        if cause.type == "StripeUnavailable":
+            # Stripe's state could not be read, so nothing was decided: retry the same request.
+            return ApiError(503, "api_error", "stripe_unavailable", cause.message, headers={"Retry-After": "5"})
         if cause.type in ("InvalidRequest", "NotReady"):
             return invalid_request(
                 "parameter_invalid", cause.message, status_code=409 if cause.type == "NotReady" else 400
@@ -171,12 +183,53 @@ async def cancel_payment(client: Client, workflow_id: str, request: CancelReques
     return state
 
 
+async def resolve_payment_review(client: Client, workflow_id: str, request: ResolveReviewRequest) -> PaymentState:
+    """An operator's resolution of NEEDS_REVIEW: checked by the workflow against Stripe's state."""
+    state: PaymentState = await _update(client, workflow_id, UPDATE_RESOLVE_REVIEW, request)
+    return state
+
+
 async def refund_payment(client: Client, workflow_id: str, request: RefundRequest) -> RefundRecord:
-    """The refund update, its update id the refund id: Temporal answers a repeat with the first result."""
-    record: RefundRecord = await _update(
-        client, workflow_id, UPDATE_REFUND, request, RefundRecord, update_id=request.refund_id
-    )
-    return record
+    """The refund update, its update id the refund id: Temporal answers a repeat with the first result.
+
+    Bounded like a create: once the workflow has accepted the refund (its validator passed, so
+    the refund will be made: the update is durable in the workflow's history), the answer waits
+    at most REFUND_WAIT_SECONDS for it to be made; past that it is the refund as it stands
+    (`pending`), read from the workflow, instead of an error the client would have to retry.
+    """
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        async with asyncio.timeout(UPDATE_TIMEOUT_SECONDS):
+            update = await handle.start_update(
+                UPDATE_REFUND,
+                request,
+                id=request.refund_id,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                result_type=RefundRecord,
+            )
+    except WorkflowUpdateFailedError as error:
+        raise _refusal(error) from None
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            metrics.CONFLICTS.labels("payment_state_conflict").inc()
+            raise invalid_request(
+                "payment_state_conflict", "The payment is closed and accepts no more changes.", status_code=409
+            ) from None
+        raise _unavailable(error) from None
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
+        raise _unavailable(error) from None
+    try:
+        async with asyncio.timeout(REFUND_WAIT_SECONDS):
+            record: RefundRecord = await update.result()
+            return record
+    except WorkflowUpdateFailedError as error:
+        raise _refusal(error) from None
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
+        state = await query_state(client, workflow_id)
+        for refund in state.refunds:
+            if refund.refund_id == request.refund_id:
+                return refund
+        raise _unavailable(RuntimeError(f"refund {request.refund_id} accepted but not recorded yet")) from None
 
 
 async def started_with_fingerprint(client: Client, workflow_id: str) -> str | None:
