@@ -1,7 +1,7 @@
 """The Penny API application (FastAPI). Run it with `penny api` or uvicorn `api.app:app`.
 
 Layers, outermost first: `EdgeMiddleware` (request id, body limit, card-data refusal,
-metrics, no stack traces), authentication (`api.auth`), validation (`api.models`,
+metrics, no stack traces), authentication and roles (`api.auth`), validation (`api.models`,
 `api.limits`), idempotency (`api.idempotency`), then the payment workflow (`api.workflow_client`).
 The lifespan owns the database engine, the Temporal client and the idempotency-key sweeper.
 """
@@ -23,7 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
-from api import idempotency, ledger_views, payments, refunds, webhooks
+from api import idempotency, ledger_views, payments, refunds, reviews, webhooks
+from api.auth import KeyUseRecorder
 from api.edge import EdgeMiddleware
 from api.errors import ApiError, api_error_handler, http_error_handler, validation_error_handler
 from api.health import check_postgres, check_stripe, check_temporal
@@ -110,6 +111,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.key_use = KeyUseRecorder()
     app.state.payment_timings = payment_timings or settings.payment_timings_override
     app.state.temporal = temporal_client
 
@@ -145,6 +147,7 @@ def create_app(
     app.include_router(payments.router)
     app.include_router(refunds.router)
     app.include_router(ledger_views.router)
+    app.include_router(reviews.router)
     app.include_router(webhooks.router)
 
     async def dependency_states(request: Request) -> dict[str, dict[str, object]]:

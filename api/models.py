@@ -274,3 +274,80 @@ class RefundList(BaseModel):
     url: str
     has_more: bool
     data: list[Refund]
+
+
+# ----------------------------------------------------------------------------- review queue
+
+# `rev_` + the item's number. At most 12 digits (a trillion items): an id can never be a
+# 13–19 digit, card-shaped run, which the edge would refuse in a path.
+REVIEW_ID_PATTERN = r"^rev_[1-9][0-9]{0,11}$"
+REVIEW_ID_LENGTH_MAX = 16
+REVIEW_KIND_PATTERN = r"^[a-z][a-z_]*$"
+REVIEW_KIND_LENGTH_MAX = 64
+REVIEW_NOTE_LENGTH_MAX = 1000  # review_items.resolution_note and review_actions.note hold this much
+
+ReviewStatus = Literal["open", "resolved"]
+# The workflow's checked resolutions of a payment in review (workflows.payment_models.RESOLUTIONS),
+# then what closes an item that needs no payment change. api.review_queue asserts the first
+# group equals RESOLUTIONS.
+ReviewActionName = Literal["captured", "authorized", "failed", "canceled", "retry", "acknowledged", "dismissed"]
+REVIEW_ITEM_ACTIONS = ("acknowledged", "dismissed")
+ReviewChannel = Literal["api", "cli"]
+
+
+class ReviewResolve(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"action": "retry", "note": "Stripe is back; the capture is there"}]},
+    )
+
+    action: ReviewActionName = Field(
+        description="For an item of a payment in review: `retry` (resume where it stopped) or an outcome "
+        "Stripe must agree with (`captured`, `authorized`, `failed`, `canceled`). For any other item: "
+        "`acknowledged` (handled outside Penny) or `dismissed` (nothing to do)."
+    )
+    note: str = Field(
+        min_length=1,
+        max_length=REVIEW_NOTE_LENGTH_MAX,
+        pattern=NO_NUL_PATTERN,
+        description="Why: kept on the item and in its audit trail.",
+    )
+
+
+class ReviewActionOut(BaseModel):
+    id: int
+    object: Literal["review_action"] = "review_action"
+    action: ReviewActionName
+    note: str
+    actor: str = Field(description="Who: `operator:<API key name> (<key id>)`, or `operator:<name> (cli)`.")
+    api_key: str | None = Field(None, description="The API key's id (`key_...`); null from the CLI.")
+    via: ReviewChannel
+    payment_status_before: ApiPaymentStatus | None = None
+    payment_status_after: ApiPaymentStatus | None = None
+    effect: str = Field(description="What the action did, in words.")
+    request_id: str | None = None
+    created: int
+
+
+class Review(BaseModel):
+    id: str = Field(description="`rev_<n>`.")
+    object: Literal["review"] = "review"
+    kind: str = Field(description="step_failed, processor_uncertain, transfer_failed, webhook_unrouted, ...")
+    reason: str
+    details: dict[str, Any] = Field(description="The step, the error, the Stripe ids and how to resume.")
+    status: ReviewStatus
+    payment: str | None = Field(None, description="The payment it concerns; null for e.g. an unrouted webhook.")
+    created: int
+    resolved_at: int | None = None
+    resolution: str | None = Field(None, description="The action (or the Stripe event) that resolved it.")
+    resolved_by: str | None = Field(None, description="`operator:...`, `stripe-webhook`, `poll`, ...")
+    resolution_note: str | None = None
+    actions: list[ReviewActionOut] = Field(description="Operators' actions on this item, oldest first.")
+
+
+class ReviewList(BaseModel):
+    object: Literal["list"] = "list"
+    url: str
+    has_more: bool
+    data: list[Review]

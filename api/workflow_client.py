@@ -184,7 +184,12 @@ async def cancel_payment(client: Client, workflow_id: str, request: CancelReques
 
 
 async def resolve_payment_review(client: Client, workflow_id: str, request: ResolveReviewRequest) -> PaymentState:
-    """An operator's resolution of NEEDS_REVIEW: checked by the workflow against Stripe's state."""
+    """An operator's resolution of NEEDS_REVIEW: checked by the workflow against Stripe's state.
+
+    No fixed update id (unlike a refund): Temporal would answer every retry of a request refused
+    with 503 `stripe_unavailable` with that same stored failure. A repeat cannot resolve twice
+    anyway: the workflow refuses a resolution once the payment has left NEEDS_REVIEW.
+    """
     state: PaymentState = await _update(client, workflow_id, UPDATE_RESOLVE_REVIEW, request)
     return state
 

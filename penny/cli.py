@@ -9,20 +9,46 @@ penny emulator        run the Stripe emulator
 penny migrate         bring the database schema to head
 penny config          print every setting, its environment variable, default and value
 penny keys create --role merchant|ops [--name NAME]   print a new API key (shown once)
+penny keys list       every API key: id, name, role, prefix, created, last used, revoked
+penny keys revoke ID  revoke a key (its requests are refused from the next one on)
+penny reviews list [--kind K] [--status open|resolved] [--payment P] [--limit N]
+                      the review queue, newest first
+penny reviews show ID one review item, its details and its operators' actions
+penny reviews resolve ID --action A --note TEXT [--operator NAME]
+                      resolve an item, by the same rules as POST /v1/reviews/{id}/resolve
+                      (talks to the database and, for a payment in review, to Temporal)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
 from penny.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from temporalio.client import Client
+
+    from api.errors import ApiError
+    from api.models import Review
+
+T = TypeVar("T")
+
+CLI_TEMPORAL_CONNECT_TIMEOUT_SECONDS = 10.0
+REVIEWS_LISTED_DEFAULT = 20
+KEY_NAME_SHOWN_MAX = 40
+REVIEW_REASON_SHOWN_MAX = 70  # characters of the reason in `penny reviews list`; `show` prints it whole
 
 
 def _load_settings() -> Settings:
@@ -179,6 +205,246 @@ def command_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- tables and times
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain text table: columns padded to their widest cell, two spaces apart."""
+    widths = [max([len(header), *(len(row[index]) for row in rows)]) for index, header in enumerate(headers)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _when(moment: datetime | int | None) -> str:
+    """UTC, to the second; `-` for never."""
+    if moment is None:
+        return "-"
+    if isinstance(moment, int):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _shorten(value: str, length_max: int) -> str:
+    flat = " ".join(value.split())
+    return flat if len(flat) <= length_max else flat[: length_max - 1] + "…"
+
+
+async def _with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    from penny.db import create_engine
+
+    engine = create_engine(settings.effective_database_url, pool_size=1)
+    try:
+        return await work(engine)
+    finally:
+        await engine.dispose()
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def command_keys_list(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from penny.keys import list_api_keys
+
+    settings = settings or _load_settings()
+
+    async def _list(engine: AsyncEngine) -> str:
+        async with engine.connect() as connection:
+            keys = await list_api_keys(connection)
+        rows = [
+            [
+                key.id,
+                _shorten(key.name, KEY_NAME_SHOWN_MAX),
+                key.role,
+                key.prefix + "…",
+                _when(key.created_at),
+                _when(key.last_used_at),
+                _when(key.revoked_at),
+            ]
+            for key in keys
+        ]
+        return _table(["ID", "NAME", "ROLE", "PREFIX", "CREATED", "LAST USED", "REVOKED"], rows)
+
+    print(asyncio.run(_with_engine(settings, _list)))
+    return 0
+
+
+def command_keys_revoke(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from penny.keys import ApiKeyRecord, api_key_record, revoke_api_key
+
+    settings = settings or _load_settings()
+
+    async def _revoke(engine: AsyncEngine) -> tuple[bool, ApiKeyRecord | None]:
+        async with engine.begin() as connection:
+            revoked = await revoke_api_key(connection, args.key_id)
+            return revoked, await api_key_record(connection, args.key_id)
+
+    revoked, record = asyncio.run(_with_engine(settings, _revoke))
+    if record is None:
+        print(f"penny: no API key {args.key_id} (see `penny keys list`)", file=sys.stderr)
+        return 1
+    if not revoked:
+        print(f"penny: {args.key_id} was already revoked at {_when(record.revoked_at)}", file=sys.stderr)
+        return 1
+    print(f"revoked {record.id} ({record.role}, {record.name!r}): its requests are refused (401) from now on")
+    return 0
+
+
+# ----------------------------------------------------------------------------- reviews
+
+
+def _review_number(text: str) -> int:
+    from api.review_queue import review_number
+
+    number = review_number(text)
+    if number is None:
+        raise argparse.ArgumentTypeError(f"not a review id: {text!r} (expected rev_<n> or <n>)")
+    return number
+
+
+def _review_rows(reviews: Sequence[Review]) -> str:
+    rows = [
+        [
+            review.id,
+            _when(review.created),
+            review.status,
+            review.kind,
+            review.payment or "-",
+            _shorten(review.reason, REVIEW_REASON_SHOWN_MAX),
+        ]
+        for review in reviews
+    ]
+    return _table(["ID", "CREATED", "STATUS", "KIND", "PAYMENT", "REASON"], rows)
+
+
+def render_review(review: Review) -> str:
+    """`penny reviews show`: the item, its details, its resolution and every operator action."""
+    lines = [
+        f"{review.id}  {review.status}  {review.kind}",
+        f"payment:     {review.payment or '-'}",
+        f"created:     {_when(review.created)}",
+        f"reason:      {review.reason}",
+        "details:",
+        *(f"  {name}: {value}" for name, value in sorted(review.details.items())),
+    ]
+    if review.status == "resolved":
+        lines += [
+            f"resolved:    {_when(review.resolved_at)} by {review.resolved_by}: {review.resolution}",
+            f"note:        {review.resolution_note or '-'}",
+        ]
+    if review.actions:
+        rows = [
+            [
+                _when(action.created),
+                action.action,
+                action.actor,
+                action.via,
+                f"{action.payment_status_before or '-'} → {action.payment_status_after or '-'}",
+                action.note,
+            ]
+            for action in review.actions
+        ]
+        lines += ["actions:", _table(["WHEN", "ACTION", "ACTOR", "VIA", "PAYMENT", "NOTE"], rows)]
+        lines += [f"  effect: {action.effect}" for action in review.actions]
+    else:
+        lines.append("actions:     none")
+    return "\n".join(lines)
+
+
+def _fail(error: ApiError) -> int:
+    print(f"penny: {error.detail.code}: {error.detail.message}", file=sys.stderr)
+    return 1
+
+
+def command_reviews_list(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from api.models import PAGE_SIZE_MAX
+    from api.review_queue import list_reviews
+
+    settings = settings or _load_settings()
+
+    async def _list(engine: AsyncEngine) -> str:
+        reviews, has_more = await list_reviews(
+            engine, kind=args.kind, status=args.status, payment_id=args.payment, limit=args.limit
+        )
+        footer = f"{len(reviews)} item(s), newest first"
+        if has_more:
+            footer += f"; more exist: raise --limit (at most {PAGE_SIZE_MAX}) or filter with --kind, --status"
+        return f"{_review_rows(reviews)}\n{footer}"
+
+    print(asyncio.run(_with_engine(settings, _list)))
+    return 0
+
+
+def command_reviews_show(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from api.errors import ApiError
+    from api.review_queue import get_review
+
+    settings = settings or _load_settings()
+
+    async def _show(engine: AsyncEngine) -> str:
+        return render_review(await get_review(engine, args.review))
+
+    try:
+        print(asyncio.run(_with_engine(settings, _show)))
+    except ApiError as error:
+        return _fail(error)
+    return 0
+
+
+def _temporal_connector(settings: Settings) -> Callable[[], Awaitable[Client]]:
+    async def connect() -> Client:
+        from temporalio.client import Client
+
+        from api.errors import service_unavailable
+
+        try:
+            async with asyncio.timeout(CLI_TEMPORAL_CONNECT_TIMEOUT_SECONDS):
+                return await Client.connect(settings.effective_temporal_address, namespace=settings.temporal_namespace)
+        except (TimeoutError, RuntimeError, OSError) as error:
+            print(f"penny: Temporal at {settings.effective_temporal_address}: {error}", file=sys.stderr)
+            raise service_unavailable("The payment engine (Temporal)") from None
+
+    return connect
+
+
+def _default_operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def command_reviews_resolve(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from api.errors import ApiError
+    from api.review_queue import Resolution, operator_for_cli, request_key_for_cli, resolve_review
+
+    settings = settings or _load_settings()
+    name = args.operator or _default_operator()
+    if not name.strip():
+        print("penny: cannot tell who you are: pass --operator NAME", file=sys.stderr)
+        return 2
+    resolution = Resolution(
+        number=args.review,
+        action=args.action,
+        note=args.note,
+        operator=operator_for_cli(name),
+        request_key=request_key_for_cli(),
+    )
+
+    async def _resolve(engine: AsyncEngine) -> Review:
+        return await resolve_review(engine, _temporal_connector(settings), resolution)
+
+    try:
+        review = asyncio.run(_with_engine(settings, _resolve))
+    except ApiError as error:
+        return _fail(error)
+    print(render_review(review))
+    return 0
+
+
 def command_chaos(args: argparse.Namespace) -> int:
     import random
 
@@ -237,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys_create.add_argument("--role", choices=["merchant", "ops"], required=True)
     keys_create.add_argument("--name", default="cli", help="a label for the key")
     keys_create.set_defaults(handler=command_keys_create)
+    keys.add_parser("list", help="list API keys (never the keys themselves)").set_defaults(handler=command_keys_list)
+    keys_revoke = keys.add_parser("revoke", help="revoke an API key")
+    keys_revoke.add_argument("key_id", metavar="ID", help="the key's id (key_...), from `penny keys list`")
+    keys_revoke.set_defaults(handler=command_keys_revoke)
+
+    _add_review_commands(commands)
 
     chaos = commands.add_parser(
         "chaos", help="seeded soak: drive orders through the real stack under faults, then check the money"
@@ -259,6 +531,51 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--values", action="store_true", help="include the current values")
     config.set_defaults(handler=command_config)
     return parser
+
+
+def _add_review_commands(commands: Any) -> None:
+    # Light imports only (pydantic models, the workflow's dataclasses): every command builds this parser.
+    from api.models import PAGE_SIZE_MAX, REVIEW_ITEM_ACTIONS, REVIEW_NOTE_LENGTH_MAX
+    from workflows.payment_models import RESOLUTIONS
+
+    def limit(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= PAGE_SIZE_MAX:
+            raise argparse.ArgumentTypeError(f"--limit must be 1 to {PAGE_SIZE_MAX}")
+        return value
+
+    def note(text: str) -> str:
+        if not 1 <= len(text) <= REVIEW_NOTE_LENGTH_MAX:
+            raise argparse.ArgumentTypeError(f"--note must be 1 to {REVIEW_NOTE_LENGTH_MAX} characters")
+        return text
+
+    reviews = commands.add_parser("reviews", help="the review queue").add_subparsers(
+        dest="reviews_command", required=True
+    )
+    listing = reviews.add_parser("list", help="list review items, newest first")
+    listing.add_argument("--kind", default=None, help="only this kind (step_failed, webhook_unrouted, ...)")
+    listing.add_argument("--status", choices=["open", "resolved"], default=None, help="default: both")
+    listing.add_argument("--payment", default=None, help="only this payment's items (pay_...)")
+    listing.add_argument("--limit", type=limit, default=REVIEWS_LISTED_DEFAULT, help=f"1 to {PAGE_SIZE_MAX}")
+    listing.set_defaults(handler=command_reviews_list)
+
+    show = reviews.add_parser("show", help="one review item with its actions")
+    show.add_argument("review", metavar="ID", type=_review_number, help="rev_<n> or <n>")
+    show.set_defaults(handler=command_reviews_show)
+
+    resolve = reviews.add_parser(
+        "resolve",
+        help="resolve a review item",
+        description=f"For an item of a payment in review: {', '.join(RESOLUTIONS)} (the payment workflow checks "
+        f"it against Stripe). For any other item: {', '.join(REVIEW_ITEM_ACTIONS)}.",
+    )
+    resolve.add_argument("review", metavar="ID", type=_review_number, help="rev_<n> or <n>")
+    resolve.add_argument("--action", choices=[*RESOLUTIONS, *REVIEW_ITEM_ACTIONS], required=True)
+    resolve.add_argument("--note", type=note, required=True, help="why (kept with the item and in its audit trail)")
+    resolve.add_argument(
+        "--operator", default=None, help="who you are, recorded as operator:<NAME> (cli); default: your login name"
+    )
+    resolve.set_defaults(handler=command_reviews_resolve)
 
 
 def main(argv: list[str] | None = None) -> None:
