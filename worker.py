@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.health import HealthActivities
+from activities.outbox import OutboxRelayActivities
 from activities.payments import PaymentActivities
 from activities.stripe import StripeActivities
 from activities.webhooks import WebhookRelayActivities
@@ -26,6 +27,7 @@ from penny.db import create_engine
 from penny.logs import configure_logging
 from penny.settings import Settings, get_settings
 from workflows.health import HealthCheckWorkflow
+from workflows.outbox_relay import OutboxRelayWorkflow, start_outbox_relay
 from workflows.payment import PaymentWorkflow
 from workflows.webhook_relay import WebhookRelayWorkflow, start_webhook_relay
 
@@ -57,6 +59,7 @@ SANDBOX_PASSTHROUGH_MODULES = (
     "workflows.search_attributes",
     "activities.payment_types",
     "activities.stripe_types",
+    "activities.outbox_types",
 )
 
 
@@ -66,12 +69,13 @@ def workflow_runner() -> SandboxedWorkflowRunner:
 
 
 def workflow_classes() -> Sequence[type]:
-    return [HealthCheckWorkflow, PaymentWorkflow, WebhookRelayWorkflow]
+    return [HealthCheckWorkflow, PaymentWorkflow, WebhookRelayWorkflow, OutboxRelayWorkflow]
 
 
 def activity_functions(engine: AsyncEngine, settings: Settings, client: Client | None = None) -> Sequence[Any]:
     health = HealthActivities(engine)
     webhook_relay = WebhookRelayActivities(engine, settings, client)
+    outbox_relay = OutboxRelayActivities(engine, settings)
     payments = PaymentActivities(engine)
     stripe_calls = StripeActivities(settings)
     return [
@@ -95,6 +99,7 @@ def activity_functions(engine: AsyncEngine, settings: Settings, client: Client |
         stripe_calls.reverse_transfer,
         stripe_calls.find_reversal,
         webhook_relay.relay_webhook_events,
+        outbox_relay.relay_outbox,
     ]
 
 
@@ -113,7 +118,7 @@ def build_worker(client: Client, engine: AsyncEngine, settings: Settings, task_q
 
 async def run_worker(settings: Settings) -> None:
     if settings.worker_metrics_port:
-        # The worker's own metrics (relay backlog, webhook delivery counters) for Prometheus.
+        # The worker's own metrics (relay backlogs, webhook and outbox delivery counters) for Prometheus.
         start_http_server(settings.worker_metrics_port, addr=settings.host)
     client = await Client.connect(settings.effective_temporal_address, namespace=settings.temporal_namespace)
     engine = create_engine(settings.effective_database_url, pre_ping=False)
@@ -131,6 +136,8 @@ async def run_worker(settings: Settings) -> None:
     running = asyncio.create_task(worker.run())
     # One relay per task queue re-delivers stored-but-undelivered webhook events.
     await start_webhook_relay(client, settings.temporal_task_queue)
+    # One relay per task queue publishes committed outbox events to subscribers (webhook endpoints).
+    await start_outbox_relay(client, settings.temporal_task_queue)
     await asyncio.wait([running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     logger.info("worker stopping: finishing in-flight tasks (at most %ss)", SHUTDOWN_TIMEOUT_SECONDS)
     try:

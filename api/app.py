@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
-from api import idempotency, ledger_views, payments, refunds, reviews, webhooks
+from api import idempotency, ledger_views, payments, refunds, reviews, webhook_endpoints, webhooks
 from api.auth import KeyUseRecorder
 from api.edge import EdgeMiddleware
 from api.errors import ApiError, api_error_handler, http_error_handler, validation_error_handler
@@ -148,6 +148,7 @@ def create_app(
     app.include_router(refunds.router)
     app.include_router(ledger_views.router)
     app.include_router(reviews.router)
+    app.include_router(webhook_endpoints.router)
     app.include_router(webhooks.router)
 
     async def dependency_states(request: Request) -> dict[str, dict[str, object]]:

@@ -129,11 +129,63 @@ class Settings(BaseSettings):
     webhook_relay_backoff_max_seconds: float = Field(
         300.0, gt=0, le=86400, description="Longest wait between re-deliveries of one webhook event."
     )
+    webhook_allow_loopback: bool | None = Field(
+        None,
+        description="Whether outbox subscribers (POST /v1/webhook_endpoints) may use plain http to a loopback "
+        "address (localhost, 127.0.0.1, ::1); otherwise only https URLs are accepted. Unset: true when PENNY_ENV is "
+        "development or test, false otherwise.",
+    )
+    outbox_relay_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="How often the outbox relay (a workflow the worker starts) looks for unpublished outbox events "
+        "and due deliveries when it found none.",
+    )
+    outbox_relay_batch_size: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Most outbox events the relay fans out to subscribers per transaction, and most delivery "
+        "attempts per round.",
+    )
+    outbox_delivery_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Most outbox deliveries one relay round has in flight at once (at most "
+        "OUTBOX_DELIVERY_CONCURRENCY_PER_ENDPOINT of them to one subscriber).",
+    )
+    outbox_delivery_connect_timeout_seconds: float = Field(
+        3.0, gt=0, le=30, description="Longest the relay waits to connect to a subscriber."
+    )
+    outbox_delivery_read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=60,
+        description="Longest the relay waits for a subscriber's answer; the whole request is also bounded by "
+        "connect + read timeout. A timeout counts as a failed attempt.",
+    )
+    outbox_delivery_attempts_max: int = Field(
+        16,
+        ge=1,
+        le=100,
+        description="Delivery attempts of one event to one subscriber before it is dead-lettered (status `dead`, a "
+        "`delivery_dead_letter` review item; POST /v1/webhook_deliveries/{id}/redeliver sends it again).",
+    )
+    outbox_delivery_backoff_initial_seconds: float = Field(
+        5.0, gt=0, le=3600, description="Wait before the second attempt of an outbox delivery; doubles per attempt."
+    )
+    outbox_delivery_backoff_max_seconds: float = Field(
+        3600.0, gt=0, le=86400, description="Longest wait between attempts of one outbox delivery."
+    )
     emulator_port: int = Field(12111, description="Port of the Stripe emulator.")
 
     api_port: int = Field(8000, description="Port of the Penny API.")
     worker_metrics_port: int = Field(
-        9464, description="Port of the worker's Prometheus /metrics (webhook relay backlog and counters); 0 disables."
+        9464,
+        description="Port of the worker's Prometheus /metrics (webhook and outbox relay backlogs, lag and counters); "
+        "0 disables.",
     )
     api_key_pepper: str = Field(
         PLACEHOLDER_API_KEY_PEPPER,
@@ -232,6 +284,22 @@ class Settings(BaseSettings):
         if self.webhook_unrouted_attempts_max > self.webhook_relay_attempts_max:
             raise ValueError("PENNY_WEBHOOK_UNROUTED_ATTEMPTS_MAX must not exceed PENNY_WEBHOOK_RELAY_ATTEMPTS_MAX")
         return self
+
+    @model_validator(mode="after")
+    def _outbox_backoff_bounds(self) -> Settings:
+        if self.outbox_delivery_backoff_initial_seconds > self.outbox_delivery_backoff_max_seconds:
+            raise ValueError(
+                "PENNY_OUTBOX_DELIVERY_BACKOFF_INITIAL_SECONDS must not exceed "
+                "PENNY_OUTBOX_DELIVERY_BACKOFF_MAX_SECONDS"
+            )
+        return self
+
+    @property
+    def webhook_loopback_allowed(self) -> bool:
+        """PENNY_WEBHOOK_ALLOW_LOOPBACK, or by default: only in development and test."""
+        if self.webhook_allow_loopback is not None:
+            return self.webhook_allow_loopback
+        return self.env in DEVELOPMENT_ENVIRONMENTS
 
     @property
     def payment_timings_override(self) -> PaymentTimings | None:

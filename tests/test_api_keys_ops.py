@@ -44,6 +44,15 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/reviews"): OPS,
     ("GET", "/v1/reviews/{review_id}"): OPS,
     ("POST", "/v1/reviews/{review_id}/resolve"): OPS,
+    ("POST", "/v1/webhook_endpoints"): OPS,
+    ("GET", "/v1/webhook_endpoints"): OPS,
+    ("GET", "/v1/webhook_endpoints/{endpoint_id}"): OPS,
+    ("POST", "/v1/webhook_endpoints/{endpoint_id}"): OPS,
+    ("DELETE", "/v1/webhook_endpoints/{endpoint_id}"): OPS,
+    ("POST", "/v1/webhook_endpoints/{endpoint_id}/roll_secret"): OPS,
+    ("GET", "/v1/webhook_endpoints/{endpoint_id}/deliveries"): OPS,
+    ("GET", "/v1/webhook_deliveries/{delivery_id}"): OPS,
+    ("POST", "/v1/webhook_deliveries/{delivery_id}/redeliver"): OPS,
 }
 # Path parameters that pass validation and name nothing that exists.
 PATH_VALUES = {
@@ -51,9 +60,14 @@ PATH_VALUES = {
     "refund_id": "rf_" + "q" * 24,
     "code": "platform:fees:usd",
     "review_id": "rev_999999999",
+    "endpoint_id": "we_" + "q" * 24,
+    "delivery_id": "wd_" + "q" * 24,
 }
 # Bodies valid for the routes that need one, so an allowed role gets past validation.
-BODIES = {"/v1/reviews/{review_id}/resolve": {"action": "acknowledged", "note": "role check"}}
+BODIES = {
+    "/v1/reviews/{review_id}/resolve": {"action": "acknowledged", "note": "role check"},
+    "/v1/webhook_endpoints": {"url": "https://hooks.example.com/penny", "enabled_events": ["*"]},
+}
 
 
 @pytest.fixture
@@ -91,6 +105,8 @@ async def call(http: httpx.AsyncClient, method: str, path: str, key: str | None)
     headers = auth(key, "role-check") if key is not None else {"Idempotency-Key": "role-check"}
     if method == "POST":
         return await http.post(url, json=BODIES.get(path, {}), headers=headers)
+    if method == "DELETE":
+        return await http.delete(url, headers=headers)
     return await http.get(url, headers=headers)
 
 
