@@ -258,6 +258,40 @@ async def claim_due_events(engine: AsyncEngine, batch_size: int) -> list[InboxRo
     return [InboxRow(row.id, row.event_id, row.status, row.attempts, row.payload, row.received_at) for row in ordered]
 
 
+async def requeue_event(engine: AsyncEngine, event_id: str, operator: str) -> str | None:
+    """Put a stored Stripe event the relay gave up on (`failed`, `unrouted`) back in its queue.
+
+    Attempts start again from zero and the next relay round takes it; who asked and what the
+    event had been is kept in `last_error`. Returns None when it was re-queued, else why not.
+    """
+    async with engine.begin() as connection:
+        requeued = (
+            await connection.execute(
+                text(
+                    """
+                    UPDATE webhook_events
+                       SET status = 'received', attempts = 0, next_attempt_at = now(), updated_at = now(),
+                           last_error = left('re-queued by ' || :operator || ' (was ' || status || ': '
+                                             || coalesce(last_error, '') || ')', :length_max)
+                     WHERE event_id = :event_id AND status IN ('failed', 'unrouted')
+                    RETURNING id
+                    """
+                ),
+                {"event_id": event_id, "operator": operator, "length_max": LAST_ERROR_LENGTH_MAX},
+            )
+        ).first()
+        if requeued is not None:
+            return None
+        status = (
+            await connection.execute(
+                text("SELECT status FROM webhook_events WHERE event_id = :event_id"), {"event_id": event_id}
+            )
+        ).scalar_one_or_none()
+    if status is None:
+        return f"no stored Stripe event {event_id}"
+    return f"event {event_id} is {status}: only failed or unrouted events are re-queued"
+
+
 async def backlog_size(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         count = (

@@ -244,6 +244,24 @@ async def _with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitab
 # ----------------------------------------------------------------------------- keys
 
 
+def command_webhooks_redeliver(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """Re-queue a stored Stripe event the webhook relay gave up on; the next relay round delivers it."""
+    from activities.webhooks import requeue_event
+
+    settings = settings or _load_settings()
+    operator = f"operator:{args.operator or os.environ.get('USER') or 'unknown'} (cli)"
+
+    async def _requeue(engine: AsyncEngine) -> str | None:
+        return await requeue_event(engine, args.event_id, operator)
+
+    refusal = asyncio.run(_with_engine(settings, _requeue))
+    if refusal is not None:
+        print(f"penny: {refusal}", file=sys.stderr)
+        return 1
+    print(f"{args.event_id} re-queued: the webhook relay delivers it within PENNY_WEBHOOK_RELAY_INTERVAL_SECONDS")
+    return 0
+
+
 def command_keys_list(args: argparse.Namespace, settings: Settings | None = None) -> int:
     from penny.keys import list_api_keys
 
@@ -548,6 +566,16 @@ def _add_review_commands(commands: Any) -> None:
         if not 1 <= len(text) <= REVIEW_NOTE_LENGTH_MAX:
             raise argparse.ArgumentTypeError(f"--note must be 1 to {REVIEW_NOTE_LENGTH_MAX} characters")
         return text
+
+    webhooks = commands.add_parser("webhooks", help="stored Stripe webhook events").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    redeliver = webhooks.add_parser(
+        "redeliver", help="re-queue a stored Stripe event the relay gave up on (failed or unrouted)"
+    )
+    redeliver.add_argument("event_id", metavar="EVENT", help="the Stripe event id (evt_...)")
+    redeliver.add_argument("--operator", default=None, help="who you are; default: your login name")
+    redeliver.set_defaults(handler=command_webhooks_redeliver)
 
     reviews = commands.add_parser("reviews", help="the review queue").add_subparsers(
         dest="reviews_command", required=True

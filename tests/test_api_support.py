@@ -3,6 +3,7 @@ httpx client over ASGI, API keys, and request bodies."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from api.app import create_app
+from penny.cli import build_parser
 from penny.keys import create_api_key
 from penny.settings import Settings
 from workflows.payment_models import PaymentTimings
@@ -64,3 +66,9 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     assert set(payload) == {"error"}, payload
     assert set(payload["error"]) == {"type", "code", "message", "param"}, payload
     return payload["error"]  # type: ignore[no-any-return]
+
+
+async def run_cli(settings: Settings, *argv: str) -> int:
+    """`penny <argv>` in-process (its own event loop, in a thread, as from a shell), on the test stack."""
+    args = build_parser().parse_args(list(argv))
+    return await asyncio.to_thread(args.handler, args, settings)  # type: ignore[no-any-return]

@@ -25,11 +25,10 @@ from sqlalchemy.exc import DBAPIError
 from temporalio.client import WorkflowHandle
 
 from api.webhook_signature import sign
-from penny.cli import build_parser
 from penny.keys import find_api_key
 from penny.settings import Settings
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
-from tests.test_api_support import api_client, auth, error_of, new_key, payment_body
+from tests.test_api_support import api_client, auth, error_of, new_key, payment_body, run_cli
 from tests.test_fault_paths import transfers_for
 from tests.test_payment_workflow import audit_trail, payment_row, settle, wait_for_status
 from tests.test_webhooks import encode, signed_event
@@ -145,12 +144,6 @@ async def unrouted_item(http: httpx.AsyncClient, ops: Key) -> dict[str, Any]:
     assert listed.status_code == 200, listed.text
     [item] = [item for item in listed.json()["data"] if item["details"].get("event_id") == event["id"]]
     return item  # type: ignore[no-any-return]
-
-
-async def run_cli(settings: Settings, *argv: str) -> int:
-    """`penny <argv>` in-process (its own event loop, in a thread, as from a shell), on the test stack."""
-    args = build_parser().parse_args(list(argv))
-    return await asyncio.to_thread(args.handler, args, settings)  # type: ignore[no-any-return]
 
 
 # ----------------------------------------------------------------------------- through the API

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.webhooks import WebhookRelayActivities
+from activities.webhooks import WebhookRelayActivities, claim_due_events
 from api.app import create_app
 from api.webhook_signature import sign
 from api.webhooks import WEBHOOK_PATH, router
@@ -34,6 +34,7 @@ from penny.services import free_port
 from penny.settings import Settings
 from stripe_emulator.control import AsyncEmulatorControl
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
+from tests.test_api_support import run_cli
 from tests.test_payment_workflow import new_order, start, wait_for_status
 from workflows.payment_models import PaymentState
 from workflows.webhook_relay import WebhookRelayWorkflow, start_webhook_relay
@@ -359,6 +360,16 @@ async def test_unrouted_and_contradicting_events_are_kept_and_reviewed(
             )
         ).one()
     assert (item.kind, item.status) == ("webhook_unrouted", "open")
+
+    # An operator re-queues it (`penny webhooks redeliver`): attempts start again, the relay takes it.
+    assert await run_cli(payment_stack.settings, "webhooks", "redeliver", stray["id"], "--operator", "olga") == 0
+    [row] = await inbox_rows(engine, "event_id = :id", {"id": stray["id"]})
+    assert (row.status, row.attempts) == ("received", 0)
+    assert row.last_error.startswith("re-queued by operator:olga (cli) (was unrouted: no payment matches")
+    assert await run_cli(payment_stack.settings, "webhooks", "redeliver", stray["id"]) == 1  # queued already
+    assert await run_cli(payment_stack.settings, "webhooks", "redeliver", "evt_never_stored") == 1
+    claimed = await claim_due_events(engine, 1000)
+    assert stray["id"] in {claimed_row.event_id for claimed_row in claimed}
 
     # Stripe says "succeeded" for a payment Penny closed as FAILED: never applied, always reviewed.
     payment = new_order(payment_method="pm_card_chargeDeclinedInsufficientFunds", timings=WEBHOOK_ONLY_TIMINGS)
