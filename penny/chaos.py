@@ -45,6 +45,7 @@ from typing import Any
 import httpx
 
 from penny.chaos_checks import ClientRecord, InvariantResult, check_invariants, format_report
+from penny.services import ServiceError
 from penny.settings import Settings
 from stripe_emulator.control import EmulatorControlError
 
@@ -628,11 +629,13 @@ class ChaosRun:
         for event in self.fault_plan.process_events:
             if event.done or progress < event.at_progress:
                 continue
-            event.done = True
-            if event.action == "kill_worker":
-                stack.kill("worker", signal.SIGKILL)
-            elif event.action == "kill_api":
-                stack.kill("api", signal.SIGKILL)
+            if event.action in ("kill_worker", "kill_api"):
+                try:
+                    stack.kill("worker" if event.action == "kill_worker" else "api", signal.SIGKILL)
+                except ServiceError:
+                    # Killed a moment ago and not restarted yet (two kills close together in a
+                    # short run): this kill waits for a later step, once the process is back.
+                    return
             elif event.action == "add_worker":
                 self._extra_worker = stack.add_worker()
             elif event.action == "remove_worker" and self._extra_worker is not None:
@@ -642,6 +645,7 @@ class ChaosRun:
 
                 with EmulatorControl(self.emulator_url) as control:
                     control.advance_clock(SETTLEMENT_CLOCK_ADVANCE_SECONDS)
+            event.done = True
             self.process_counts[event.action] += 1
             say(f"  chaos: {event.action} at {progress:.0%} of orders")
 
