@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from temporalio.client import (
@@ -146,20 +148,13 @@ async def query_state(client: Client, workflow_id: str) -> PaymentState:
     return state
 
 
-async def _update(
-    client: Client,
-    workflow_id: str,
-    name: str,
-    argument: Any,
-    result_type: type[Any] = PaymentState,
-    *,
-    update_id: str | None = None,
-) -> Any:
+@asynccontextmanager
+async def _update_errors() -> AsyncIterator[None]:
+    """A workflow update's call, bounded by UPDATE_TIMEOUT_SECONDS, its failures as API errors:
+    a refusal by the workflow is a 4xx, a closed payment a 409, anything else a 503."""
     try:
         async with asyncio.timeout(UPDATE_TIMEOUT_SECONDS):
-            return await client.get_workflow_handle(workflow_id).execute_update(
-                name, argument, id=update_id, result_type=result_type
-            )
+            yield
     except WorkflowUpdateFailedError as error:
         raise _refusal(error) from None
     except RPCError as error:
@@ -171,6 +166,21 @@ async def _update(
         raise _unavailable(error) from None
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
         raise _unavailable(error) from None
+
+
+async def _update(
+    client: Client,
+    workflow_id: str,
+    name: str,
+    argument: Any,
+    result_type: type[Any] = PaymentState,
+    *,
+    update_id: str | None = None,
+) -> Any:
+    async with _update_errors():
+        return await client.get_workflow_handle(workflow_id).execute_update(
+            name, argument, id=update_id, result_type=result_type
+        )
 
 
 async def capture_payment(client: Client, workflow_id: str, request: CaptureRequest) -> PaymentState:
@@ -203,26 +213,14 @@ async def refund_payment(client: Client, workflow_id: str, request: RefundReques
     (`pending`), read from the workflow, instead of an error the client would have to retry.
     """
     handle = client.get_workflow_handle(workflow_id)
-    try:
-        async with asyncio.timeout(UPDATE_TIMEOUT_SECONDS):
-            update = await handle.start_update(
-                UPDATE_REFUND,
-                request,
-                id=request.refund_id,
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-                result_type=RefundRecord,
-            )
-    except WorkflowUpdateFailedError as error:
-        raise _refusal(error) from None
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            metrics.CONFLICTS.labels("payment_state_conflict").inc()
-            raise invalid_request(
-                "payment_state_conflict", "The payment is closed and accepts no more changes.", status_code=409
-            ) from None
-        raise _unavailable(error) from None
-    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
-        raise _unavailable(error) from None
+    async with _update_errors():
+        update = await handle.start_update(
+            UPDATE_REFUND,
+            request,
+            id=request.refund_id,
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            result_type=RefundRecord,
+        )
     try:
         async with asyncio.timeout(REFUND_WAIT_SECONDS):
             record: RefundRecord = await update.result()
