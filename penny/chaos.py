@@ -12,12 +12,14 @@ Two phases, as in Jepsen's bank test and TigerBeetle's VOPR:
    (500 before and after commit, timeout after commit, 429, latency), one connected account
    whose transfers fail for the first part of the run, webhook duplicates, delays, reordering
    and drops, the worker SIGKILLed several times, the API killed, a second worker for part of
-   the run.
+   the run. An outbox subscriber (penny/chaos_subscriber.py) registered through the API
+   receives every payment event signed, answering 500 to some first attempts.
 2. Liveness (faults off). The emulator's clock moves past settlement, and the run waits, at
-   most `quiescence_timeout_seconds`, until no payment is in a transient state. Then the
-   invariants are checked from the outside (penny/chaos_checks.py) and a report is printed:
-   orders by final state, faults by kind, each invariant with its count and examples, the
-   duration and the seed. Any violation → exit code 1.
+   most `quiescence_timeout_seconds`, until no payment is in a transient state and every
+   outbox event of the run is delivered. Then the invariants are checked from the outside
+   (penny/chaos_checks.py) and a report is printed: orders by final state, faults by kind,
+   each invariant with its count and examples, the duration and the seed. Any violation →
+   exit code 1.
 
 The same seed replays the same orders and the same fault schedule (process timing aside);
 `--orders` shrinks a failing seed. By default the run starts its own stack (as `penny dev`
@@ -45,6 +47,7 @@ from typing import Any
 import httpx
 
 from penny.chaos_checks import ClientRecord, InvariantResult, check_invariants, format_report
+from penny.chaos_subscriber import OutboxSubscription, Subscriber
 from penny.services import ServiceError
 from penny.settings import Settings
 from stripe_emulator.control import EmulatorControlError
@@ -117,6 +120,8 @@ STRIPE_GET_PATHS = (
 )
 TRANSIENT_STATUSES = ("created", "processing", "requires_action", "requires_payment_method", "authorized")
 WEBHOOKS_WAITING = "webhook:received"
+OUTBOX_WAITING = "outbox:undelivered"
+CHAOS_OPS_KEY_NAME = "penny-chaos-ops"
 # Statuses (payments rows) a payment passes through; quiescence is none of them left (and no
 # stored webhook event waiting for delivery).
 TRANSIENT_PAYMENT_STATUSES = (
@@ -674,8 +679,23 @@ async def _faults_off(emulator_url: str) -> None:
         await control.advance_clock(SETTLEMENT_CLOCK_ADVANCE_SECONDS)
 
 
-async def _transient_payments(database_url: str, order_ids: list[str]) -> Counter[str]:
-    """Payments of the run by status, plus `webhook:received`: stored events still waiting for delivery."""
+# The run's outbox events not yet delivered to the subscriber: unpublished, or published with a
+# pending delivery. (`dead` ones are not waited for: the invariant reports them.)
+_UNDELIVERED_OUTBOX = """
+    SELECT count(*) FROM outbox event
+    JOIN payments payment ON payment.id = event.aggregate_id
+    WHERE payment.order_id = ANY(:ids)
+      AND event.created_at >= (SELECT created_at FROM webhook_endpoints WHERE id = :endpoint_id)
+      AND (event.published_at IS NULL OR EXISTS (
+          SELECT 1 FROM outbox_deliveries delivery
+          WHERE delivery.outbox_id = event.id AND delivery.endpoint_id = :endpoint_id
+            AND delivery.status = 'pending'))
+"""
+
+
+async def _transient_payments(database_url: str, order_ids: list[str], endpoint_id: str | None) -> Counter[str]:
+    """Payments of the run by status, plus `webhook:received`: stored events still waiting for
+    delivery, and `outbox:undelivered`: events of the run not yet delivered to the subscriber."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -692,36 +712,42 @@ async def _transient_payments(database_url: str, order_ids: list[str]) -> Counte
             ).scalar_one()
             if waiting:
                 statuses[WEBHOOKS_WAITING] = int(waiting)
+            if endpoint_id is not None:
+                undelivered = (
+                    await connection.execute(text(_UNDELIVERED_OUTBOX), {"ids": order_ids, "endpoint_id": endpoint_id})
+                ).scalar_one()
+                if undelivered:
+                    statuses[OUTBOX_WAITING] = int(undelivered)
             return statuses
     finally:
         await engine.dispose()
 
 
-async def _check(
-    database_url: str, emulator_url: str, temporal_address: str, namespace: str, logs_dir: Path | None, run: ChaosRun
-) -> list[InvariantResult]:
+async def _check(target: Target, run: ChaosRun, outbox: OutboxSubscription) -> list[InvariantResult]:
     from sqlalchemy.ext.asyncio import create_async_engine
     from temporalio.client import Client as TemporalClient
 
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(target.database_url)
     try:
-        temporal = await TemporalClient.connect(temporal_address, namespace=namespace)
+        temporal = await TemporalClient.connect(target.temporal_address, namespace=target.namespace)
         return await check_invariants(
             engine=engine,
-            emulator_url=emulator_url,
+            emulator_url=target.emulator_url,
             temporal=temporal,
-            logs_dir=logs_dir,
+            logs_dir=target.logs_dir,
             client_records=list(run.state.records),
             order_ids=[plan.order_id for plan in run.plans],
+            outbox=outbox,
         )
     finally:
         await engine.dispose()
 
 
 def _wait_quiescent(
-    run: ChaosRun, database_url: str, supervise: Callable[[Callable[[], bool], float], bool]
+    run: ChaosRun, database_url: str, endpoint_id: str, supervise: Callable[[Callable[[], bool], float], bool]
 ) -> Counter[str]:
-    """Wait until no payment of the run is in a transient state (bounded). Returns the final states."""
+    """Wait until no payment of the run is in a transient state and every outbox event of the run
+    reached the subscriber (bounded). Returns the final states."""
     order_ids = [plan.order_id for plan in run.plans]
     timeout = QUIESCENCE_TIMEOUT_SECONDS + QUIESCENCE_SECONDS_PER_ORDER * len(order_ids)
     latest: Counter[str] = Counter()
@@ -732,10 +758,10 @@ def _wait_quiescent(
         if time.monotonic() - last_check < QUIESCENCE_POLL_SECONDS:
             return False
         last_check = time.monotonic()
-        latest = asyncio.run(_transient_payments(database_url, order_ids))
+        latest = asyncio.run(_transient_payments(database_url, order_ids, endpoint_id))
         # Stored webhook events still waiting for delivery count too: late disputes (the last
         # clock advance opens them) arrive after every payment looks final.
-        return not any(status in latest for status in (*TRANSIENT_PAYMENT_STATUSES, WEBHOOKS_WAITING))
+        return not any(status in latest for status in (*TRANSIENT_PAYMENT_STATUSES, WEBHOOKS_WAITING, OUTBOX_WAITING))
 
     if not supervise(quiet, timeout):
         say(f"  chaos: not quiescent after {timeout:.0f} s: {dict(latest)}")
@@ -781,6 +807,32 @@ def _wait_until(condition: Callable[[], bool], timeout_seconds: float) -> bool:
     return True
 
 
+async def _subscribe(target: Target, url: str, run_tag: str) -> OutboxSubscription:
+    """Register the run's subscriber as an operator would: an `ops` key (made on the database,
+    as `penny keys create --role ops` does), then POST /v1/webhook_endpoints for every event type."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from penny.keys import create_api_key
+
+    engine = create_async_engine(target.database_url)
+    try:
+        async with engine.begin() as connection:
+            ops_key = await create_api_key(connection, "ops", f"{CHAOS_OPS_KEY_NAME}-{run_tag}")
+    finally:
+        await engine.dispose()
+    async with httpx.AsyncClient(base_url=target.api_url, timeout=CLIENT_TIMEOUT_SECONDS) as http:
+        response = await http.post(
+            "/v1/webhook_endpoints",
+            headers={"Authorization": f"Bearer {ops_key}", "Idempotency-Key": f"{run_tag}-subscriber"},
+            json={"url": url, "enabled_events": ["*"], "description": f"penny chaos {run_tag}"},
+        )
+    if response.status_code != 200:
+        raise ServiceError(f"could not register the chaos subscriber: {response.status_code} {response.text[:300]}")
+    endpoint = response.json()
+    say(f"  chaos: outbox subscriber {endpoint['id']} at {url}")
+    return OutboxSubscription(endpoint_id=endpoint["id"], secret=endpoint["secret"])
+
+
 def _soak(
     options: ChaosOptions,
     target: Target,
@@ -790,6 +842,25 @@ def _soak(
 ) -> ChaosReport:
     run = ChaosRun(options, target.api_url, target.api_key, target.emulator_url)
     say(f"penny chaos: seed {options.seed}, {options.orders} orders, concurrency {options.concurrency}")
+    subscriber = Subscriber(options.seed)
+    subscriber.start()
+    try:
+        outbox = asyncio.run(_subscribe(target, subscriber.url, run.run_tag))
+        return _soak_subscribed(options, target, supervise, process_step, started, run, outbox, subscriber)
+    finally:
+        subscriber.stop()
+
+
+def _soak_subscribed(
+    options: ChaosOptions,
+    target: Target,
+    supervise: Callable[[Callable[[], bool], float], bool],
+    process_step: Callable[[ChaosRun], None] | None,
+    started: float,
+    run: ChaosRun,
+    outbox: OutboxSubscription,
+    subscriber: Subscriber,
+) -> ChaosReport:
     driver = threading.Thread(target=lambda: asyncio.run(run.drive()), name="chaos-driver", daemon=True)
     driver.start()
 
@@ -802,18 +873,17 @@ def _soak(
     say("  chaos: all orders driven; faults off, waiting for quiescence")
     faults = asyncio.run(_faults_fired(target.emulator_url))
     asyncio.run(_faults_off(target.emulator_url))
-    final_states = _wait_quiescent(run, target.database_url, supervise)
+    final_states = _wait_quiescent(run, target.database_url, outbox.endpoint_id, supervise)
     faults.update(run.process_counts)
     faults["client retries"] = run.state.client_retries
     faults["card numbers refused"] = run.state.refused_card_numbers
     faults["3-D Secure completed too late"] = run.state.late_customers
     faults["refunds made"] = run.state.refunds_made
-    invariants = asyncio.run(
-        _check(
-            target.database_url, target.emulator_url, target.temporal_address, target.namespace, target.logs_dir, run
-        )
-    )
+    outbox.receipts = subscriber.snapshot()
+    faults.update(subscriber.counts())
+    invariants = asyncio.run(_check(target, run, outbox))
     final_states.pop(WEBHOOKS_WAITING, None)
+    final_states.pop(OUTBOX_WAITING, None)
     return ChaosReport(
         seed=options.seed,
         orders=options.orders,
@@ -855,6 +925,8 @@ def run_chaos(options: ChaosOptions, external: Target | None = None) -> ChaosRep
         "PENNY_EMULATOR_IDEMPOTENCY_WINDOW_SECONDS": str(CHAOS_EMULATOR_IDEMPOTENCY_WINDOW_SECONDS),
         # Both dispute loss policies get soaked: odd seeds pull lost disputes back from recipients.
         "PENNY_DISPUTE_LOSS_POLICY": "recipients" if options.seed % 2 else "platform",
+        # The subscriber's refusals are retried within the run, not minutes later.
+        "PENNY_OUTBOX_DELIVERY_BACKOFF_INITIAL_SECONDS": "1",
     }
     saved_environment = {name: os.environ.get(name) for name in chaos_environment}
     os.environ.update(chaos_environment)

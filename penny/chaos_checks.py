@@ -57,6 +57,7 @@ from activities.webhook_types import (
     STATUS_UNROUTED,
 )
 from ledger import ledger as books
+from penny.chaos_subscriber import OUTBOX_DELIVERED, OutboxSubscription, outbox_findings, run_events
 from penny.logs import contains_card_number, scrub_card_numbers
 from stripe_emulator.control import AsyncEmulatorControl
 from workflows.payment_models import WORKFLOW_ID_PREFIX
@@ -81,6 +82,7 @@ INVARIANT_NAMES = (
     WEBHOOKS_ACCOUNTED,
     IDEMPOTENCY_KEYS_CONSISTENT,
     NO_CARD_NUMBERS,
+    OUTBOX_DELIVERED,
 )
 
 # ------------------------------------------------------------------------------------ limits
@@ -844,6 +846,30 @@ async def check_no_card_numbers(connection: AsyncConnection, logs_dir: Path | No
     return tally.result()
 
 
+async def check_outbox_delivered(
+    connection: AsyncConnection, outbox: OutboxSubscription | None, order_ids: Sequence[str]
+) -> InvariantResult:
+    """Every outbox event of the orders' payments reached the run's subscriber, signed, first
+    copies in order per payment (penny/chaos_subscriber.py). Without a subscriber (a caller that
+    registered none) nothing is checked, and the report says so."""
+    tally = _Tally(OUTBOX_DELIVERED)
+    if outbox is None:
+        tally.notes.append("no outbox subscriber registered: not checked")
+        return tally.result()
+    events = await run_events(connection, outbox.endpoint_id, order_ids)
+    tally.checked = len(events)
+    orders = {
+        row[0]: row[1]
+        for page in _pages(sorted({event.payment_id for event in events}))
+        for row in await connection.execute(
+            text("SELECT id, order_id FROM payments WHERE id = ANY(:ids)"), {"ids": page}
+        )
+    }
+    for payment_id, finding in outbox_findings(events, outbox.receipts, outbox.secret):
+        tally.violation(orders.get(payment_id), finding)
+    return tally.result()
+
+
 # ------------------------------------------------------------------------------------ all together
 
 
@@ -868,12 +894,14 @@ async def check_invariants(
     order_ids: Sequence[str],
     webhook_endpoint_ids: Collection[str] | None = None,
     workflows_of_orders_only: bool = False,
+    outbox: OutboxSubscription | None = None,
 ) -> list[InvariantResult]:
     """Check every invariant (INVARIANT_NAMES order) after the soak has gone quiescent.
 
     `webhook_endpoint_ids`: Penny's endpoints at the emulator (None: every endpoint's
     deliveries count). `workflows_of_orders_only`: look only at the orders' payment workflows
-    for failed executions (a Temporal server shared with other runs); default: all of them."""
+    for failed executions (a Temporal server shared with other runs); default: all of them.
+    `outbox`: the run's outbox subscriber and what it received (None: not checked)."""
     scope = _orders_in_scope(order_ids, client_records)
     async with AsyncEmulatorControl(emulator_url) as control:
         cache: dict[str, Any] = {}
@@ -918,6 +946,10 @@ async def check_invariants(
             async with _snapshot(engine) as connection:
                 return await check_no_card_numbers(connection, logs_dir)
 
+        async def outbox_delivered() -> InvariantResult:
+            async with _snapshot(engine) as connection:
+                return await check_outbox_delivered(connection, outbox, scope)
+
         checks: tuple[tuple[str, Callable[[], Awaitable[InvariantResult]]], ...] = (
             (ONE_CHARGE_PER_ORDER, one_charge),
             (LEDGER_BALANCED, ledger_balanced),
@@ -927,6 +959,7 @@ async def check_invariants(
             (WEBHOOKS_ACCOUNTED, webhooks),
             (IDEMPOTENCY_KEYS_CONSISTENT, idempotency),
             (NO_CARD_NUMBERS, card_numbers),
+            (OUTBOX_DELIVERED, outbox_delivered),
         )
         return [await _guarded(name, check) for name, check in checks]
 
@@ -978,6 +1011,7 @@ __all__ = [
     "NO_CARD_NUMBERS",
     "NO_FAILED_WORKFLOWS",
     "ONE_CHARGE_PER_ORDER",
+    "OUTBOX_DELIVERED",
     "VIOLATION_EXAMPLES_MAX",
     "WEBHOOKS_ACCOUNTED",
     "ClientRecord",
@@ -992,6 +1026,7 @@ __all__ = [
     "check_no_failed_workflows",
     "check_nothing_stuck",
     "check_one_charge_per_order",
+    "check_outbox_delivered",
     "check_webhooks_accounted",
     "emulator_money",
     "format_report",
