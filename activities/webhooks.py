@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,11 @@ EVENT_TYPE_LENGTH_MAX = 100
 OBJECT_ID_LENGTH_MAX = 255
 SIGNAL_TEXT_LENGTH_MAX = 200
 LAST_ERROR_LENGTH_MAX = 1000
+# Review kinds this module opens; a re-queue (`penny webhooks redeliver`) answers the first two.
+REVIEW_KIND_WEBHOOK_UNROUTED = "webhook_unrouted"
+REVIEW_KIND_WEBHOOK_DEAD_LETTER = "webhook_dead_letter"
+REQUEUE_REVIEW_KINDS = (REVIEW_KIND_WEBHOOK_UNROUTED, REVIEW_KIND_WEBHOOK_DEAD_LETTER)
+REQUEUE_NOTE = "re-queued for delivery (penny webhooks redeliver)"
 # Settlement events fan out to many payments: bounded. Payments past the cap still settle
 # through their own settlement poll (PaymentTimings.settlement_poll_interval_seconds).
 SETTLEMENT_FANOUT_MAX = 1000
@@ -281,6 +287,7 @@ async def requeue_event(engine: AsyncEngine, event_id: str, operator: str) -> st
             )
         ).first()
         if requeued is not None:
+            await _close_requeued_items(connection, event_id, operator)
             return None
         status = (
             await connection.execute(
@@ -290,6 +297,49 @@ async def requeue_event(engine: AsyncEngine, event_id: str, operator: str) -> st
     if status is None:
         return f"no stored Stripe event {event_id}"
     return f"event {event_id} is {status}: only failed or unrouted events are re-queued"
+
+
+async def _close_requeued_items(connection: AsyncConnection, event_id: str, operator: str) -> None:
+    """The event's open `webhook_unrouted` / `webhook_dead_letter` items are answered by the
+    re-queue: resolved (`acknowledged`) with one audit row each, in the re-queue's transaction. If
+    it fails again, a new item opens (see `_open_review`)."""
+    closed = (
+        await connection.execute(
+            text(
+                """
+                UPDATE review_items
+                   SET status = 'resolved', resolved_at = now(), resolution = 'acknowledged',
+                       resolved_by = :operator, resolution_note = :note
+                 WHERE status = 'open' AND kind = ANY(:kinds) AND details->>'event_id' = :event_id
+                RETURNING id, payment_id
+                """
+            ),
+            {
+                "operator": operator[:200],
+                "note": REQUEUE_NOTE,
+                "kinds": list(REQUEUE_REVIEW_KINDS),
+                "event_id": event_id,
+            },
+        )
+    ).all()
+    request_key = f"requeue:{event_id}:{secrets.token_hex(8)}"[:200]
+    for item in closed:
+        await connection.execute(
+            text(
+                """
+                INSERT INTO review_actions (review_id, request_key, action, note, actor, via, payment_id, effect)
+                VALUES (:review_id, :request_key, 'acknowledged', :note, :actor, 'cli', :payment_id, :effect)
+                """
+            ),
+            {
+                "review_id": item.id,
+                "request_key": request_key,
+                "note": REQUEUE_NOTE,
+                "actor": operator[:200],
+                "payment_id": item.payment_id,
+                "effect": f"re-queued Stripe event {event_id} for the webhook relay; the item is resolved",
+            },
+        )
 
 
 async def backlog_size(engine: AsyncEngine) -> int:
@@ -620,7 +670,7 @@ class WebhookProcessor:
                     connection,
                     None,
                     f"webhook:{event.event_id}",
-                    "webhook_unrouted",
+                    REVIEW_KIND_WEBHOOK_UNROUTED,
                     f"Stripe event {event.type} matches no payment: {reason}",
                     {"event_id": event.event_id, "type": event.type, "object_id": event.object_id or ""},
                 )
@@ -667,7 +717,7 @@ class WebhookProcessor:
                     connection,
                     None,
                     f"webhook:{updated.event_id}:undeliverable",
-                    "webhook_undeliverable",
+                    REVIEW_KIND_WEBHOOK_DEAD_LETTER,
                     f"Stripe event {updated.type} could not be delivered after {updated.attempts} attempts",
                     {"event_id": updated.event_id, "last_error": _truncate(message)},
                 )
@@ -681,6 +731,20 @@ async def _open_review(
     reason: str,
     details: dict[str, str],
 ) -> None:
+    """Open a review item once per `dedupe_key`. An event re-queued by an operator
+    (`requeue_event` resolves its item) that fails again gets a new item: the key then carries how
+    many of its items were resolved before."""
+    resolved_before = (
+        await connection.execute(
+            text(
+                "SELECT count(*) FROM review_items WHERE status = 'resolved' "
+                "AND (dedupe_key = :key OR starts_with(dedupe_key, :key || ':requeued:'))"
+            ),
+            {"key": dedupe_key},
+        )
+    ).scalar_one()
+    if resolved_before:
+        dedupe_key = f"{dedupe_key}:requeued:{resolved_before}"
     await connection.execute(
         text(
             """

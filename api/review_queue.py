@@ -54,6 +54,10 @@ from penny.keys import ApiKey
 from workflows.payment_models import RESOLUTIONS, ResolveReviewRequest
 
 REVIEW_ID_PREFIX = "rev_"
+# `?kind=payment_needs_review` lists every item a payment workflow wrote as it entered (or sat in)
+# NEEDS_REVIEW, whatever step failed: their own kinds name the step (step_failed,
+# processor_uncertain, transfer_failed, ...), and their details carry `status_before`.
+PAYMENT_NEEDS_REVIEW_KIND = "payment_needs_review"
 NEEDS_REVIEW = "NEEDS_REVIEW"
 PAYMENT_ACTIONS: tuple[str, ...] = RESOLUTIONS
 ITEM_ACTIONS: tuple[str, ...] = REVIEW_ITEM_ACTIONS
@@ -206,7 +210,10 @@ async def list_reviews(
     Returns the page and whether more items follow."""
     conditions = ["TRUE"]
     values: dict[str, Any] = {"limit": limit + 1}
-    if kind is not None:
+    if kind == PAYMENT_NEEDS_REVIEW_KIND:
+        # Written by the payment workflow as it moved (or kept) the payment in NEEDS_REVIEW.
+        conditions.append("payment_id IS NOT NULL AND details->>'status_before' IS NOT NULL")
+    elif kind is not None:
         conditions.append("kind = :kind")
         values["kind"] = kind
     if status is not None:

@@ -156,6 +156,16 @@ async def test_retry_resolves_a_payment_in_review_through_its_workflow_and_is_au
     payment, handle, charges_down = await payment_in_review(http, merchant, payment_stack)
     item = await open_item_of(http, ops, payment["id"])
     assert REVIEW_ID.fullmatch(item["id"]) and item["object"] == "review"
+    # The issue's `payment_needs_review` names every such item, whatever step failed.
+    grouped = await http.get(
+        "/v1/reviews", params={"kind": "payment_needs_review", "payment": payment["id"]}, headers=auth(ops.secret)
+    )
+    assert [found["id"] for found in grouped.json()["data"]] == [item["id"]]
+    unrouted = await unrouted_item(http, ops)
+    grouped_all = await http.get(
+        "/v1/reviews", params={"kind": "payment_needs_review", "limit": 100}, headers=auth(ops.secret)
+    )
+    assert unrouted["id"] not in {found["id"] for found in grouped_all.json()["data"]}
     assert (item["kind"], item["status"], item["payment"], item["actions"]) == (
         "step_failed",
         "open",

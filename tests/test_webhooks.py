@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.webhooks import WebhookRelayActivities, claim_due_events
+from activities.webhooks import WebhookRelayActivities, claim_due_events, event_from_payload
 from api.app import create_app
 from api.webhook_signature import sign
 from api.webhooks import WEBHOOK_PATH, router
@@ -368,8 +368,45 @@ async def test_unrouted_and_contradicting_events_are_kept_and_reviewed(
     assert row.last_error.startswith("re-queued by operator:olga (cli) (was unrouted: no payment matches")
     assert await run_cli(payment_stack.settings, "webhooks", "redeliver", stray["id"]) == 1  # queued already
     assert await run_cli(payment_stack.settings, "webhooks", "redeliver", "evt_never_stored") == 1
+    # The re-queue answered the item: resolved by the operator, with its audit row.
+    async with engine.connect() as connection:
+        item = (
+            await connection.execute(
+                text("SELECT id, status, resolution, resolved_by FROM review_items WHERE dedupe_key = :key"),
+                {"key": f"webhook:{stray['id']}"},
+            )
+        ).one()
+        actions = (
+            await connection.execute(
+                text("SELECT action, actor, via, effect FROM review_actions WHERE review_id = :id"), {"id": item.id}
+            )
+        ).all()
+    assert (item.status, item.resolution, item.resolved_by) == ("resolved", "acknowledged", "operator:olga (cli)")
+    assert [tuple(action) for action in actions] == [
+        (
+            "acknowledged",
+            "operator:olga (cli)",
+            "cli",
+            f"re-queued Stripe event {stray['id']} for the webhook relay; the item is resolved",
+        )
+    ]
     claimed = await claim_due_events(engine, 1000)
-    assert stray["id"] in {claimed_row.event_id for claimed_row in claimed}
+    [again] = [claimed_row for claimed_row in claimed if claimed_row.event_id == stray["id"]]
+    # Still no payment matches it: unrouted again, and a NEW open item says so (the first stays resolved).
+    relay = WebhookRelayActivities(engine, webhooks.api.settings, payment_stack.client)
+    outcome = await relay._processor.process(again, event_from_payload(again.payload))
+    assert outcome.status == "unrouted"
+    async with engine.connect() as connection:
+        items = (
+            await connection.execute(
+                text("SELECT dedupe_key, kind, status FROM review_items WHERE details->>'event_id' = :id ORDER BY id"),
+                {"id": stray["id"]},
+            )
+        ).all()
+    assert [tuple(row) for row in items] == [
+        (f"webhook:{stray['id']}", "webhook_unrouted", "resolved"),
+        (f"webhook:{stray['id']}:requeued:1", "webhook_unrouted", "open"),
+    ]
 
     # Stripe says "succeeded" for a payment Penny closed as FAILED: never applied, always reviewed.
     payment = new_order(payment_method="pm_card_chargeDeclinedInsufficientFunds", timings=WEBHOOK_ONLY_TIMINGS)
