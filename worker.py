@@ -25,6 +25,7 @@ from activities.stripe import StripeActivities
 from activities.webhooks import WebhookRelayActivities
 from penny.db import create_engine
 from penny.logs import configure_logging
+from penny.ops_monitor import monitor_forever
 from penny.settings import Settings, get_settings
 from workflows.health import HealthCheckWorkflow
 from workflows.outbox_relay import OutboxRelayWorkflow, start_outbox_relay
@@ -138,7 +139,10 @@ async def run_worker(settings: Settings) -> None:
     await start_webhook_relay(client, settings.temporal_task_queue)
     # One relay per task queue publishes committed outbox events to subscribers (webhook endpoints).
     await start_outbox_relay(client, settings.temporal_task_queue)
+    # The consistency-risk gauges (stuck payments, review queue depth, ledger verify, ...).
+    monitor = asyncio.create_task(monitor_forever(engine, settings))
     await asyncio.wait([running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    monitor.cancel()
     logger.info("worker stopping: finishing in-flight tasks (at most %ss)", SHUTDOWN_TIMEOUT_SECONDS)
     try:
         # Bounded: with Temporal unreachable a graceful shutdown could wait forever.

@@ -14,6 +14,10 @@ penny keys revoke ID  revoke a key (its requests are refused from the next one o
 penny reviews list [--kind K] [--status open|resolved] [--payment P] [--limit N]
                       the review queue, newest first
 penny reviews show ID one review item, its details and its operators' actions
+penny status          health of each part, payments by status, stuck payments, review queue,
+                      undelivered events, ledger verify, last reconciliation (exit 1: a problem)
+penny ops stuck [--customer C] [--order O]
+                      payments stuck, in review or disputed, from Temporal's visibility
 penny reviews resolve ID --action A --note TEXT [--operator NAME]
                       resolve an item, by the same rules as POST /v1/reviews/{id}/resolve
                       (talks to the database and, for a payment in review, to Temporal)
@@ -202,6 +206,26 @@ def command_keys_create(args: argparse.Namespace) -> int:
     key = asyncio.run(_create())
     print(key)
     print(f"A {args.role} key named {args.name!r}. It is shown only now: store it safely.", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- on call
+
+
+def command_status(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from penny.ops_cli import status
+
+    settings = settings or _load_settings()
+    shown, healthy = asyncio.run(_with_engine(settings, lambda engine: status(settings, engine)))
+    print(shown)
+    return 0 if healthy else 1
+
+
+def command_ops_stuck(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from penny.ops_cli import stuck_table
+
+    settings = settings or _load_settings()
+    print(asyncio.run(stuck_table(settings, args)))
     return 0
 
 
@@ -515,6 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.set_defaults(handler=command_emulator)
 
     commands.add_parser("migrate", help="migrate the database to head").set_defaults(handler=command_migrate)
+
+    commands.add_parser(
+        "status", help="health of each part, payments, stuck payments, review queue, ledger verify (exit 1: a problem)"
+    ).set_defaults(handler=command_status)
+    ops = commands.add_parser("ops", help="on-call views").add_subparsers(dest="ops_command", required=True)
+    stuck = ops.add_parser("stuck", help="payments stuck, in review or disputed (Temporal visibility queries)")
+    stuck.add_argument("--customer", default=None, help="only this customer's payments")
+    stuck.add_argument("--order", default=None, help="only this order")
+    stuck.set_defaults(handler=command_ops_stuck)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     keys_create = keys.add_parser("create", help="create an API key and print it once")

@@ -179,6 +179,27 @@ class Settings(BaseSettings):
     outbox_delivery_backoff_max_seconds: float = Field(
         3600.0, gt=0, le=86400, description="Longest wait between attempts of one outbox delivery."
     )
+    ops_monitor_interval_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="How often the worker reads the ops snapshot (payments by status, stuck payments, review "
+        "queue depth, undelivered webhooks and outbox events) into its Prometheus gauges.",
+    )
+    ledger_verify_interval_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="How often the worker runs the ledger's verify() (it reads the whole ledger) and exports "
+        "penny_ledger_verify_findings; alert on any non-zero value.",
+    )
+    stuck_after_seconds: int = Field(
+        3600,
+        ge=60,
+        le=7 * 86400,
+        description="A payment in CREATED or PROCESSING unchanged for longer than this counts as stuck "
+        "(penny_payments_stuck, `penny status`, `penny ops stuck`).",
+    )
     emulator_port: int = Field(12111, description="Port of the Stripe emulator.")
 
     api_port: int = Field(8000, description="Port of the Penny API.")

@@ -1,0 +1,146 @@
+"""The on-call views on the real stack: the worker's ops gauges (scraped over HTTP from the
+exporter the worker starts), `penny status` and `penny ops stuck`.
+
+A payment is driven into NEEDS_REVIEW through the API with Stripe's charge lookups failing
+(as in tests/test_reviews.py); the gauges must move by exactly that payment, and the CLI views
+must name it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import pytest_asyncio
+from prometheus_client import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from penny import ops_cli
+from penny.ops_monitor import monitor_once
+from penny.services import free_port
+from penny.settings import Settings
+from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
+from tests.test_api_support import api_client, run_cli
+from tests.test_reviews import Key, _key, payment_in_review
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(payment_stack: PaymentStack) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(payment_stack.settings, payment_stack.client, FAST_TIMINGS) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def merchant(payment_stack: PaymentStack) -> Key:
+    return await _key(payment_stack, "merchant")
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[str]:
+    """The worker's Prometheus exporter (worker.py starts the same one on PENNY_WORKER_METRICS_PORT)."""
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1")
+    yield f"http://127.0.0.1:{port}/metrics"
+    server.shutdown()
+    thread.join(5)
+
+
+async def scrape(url: str) -> Samples:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(url)
+    assert response.status_code == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_a_payment_entering_review_moves_the_gauges_by_exactly_one(
+    exporter: str, http: httpx.AsyncClient, merchant: Key, payment_stack: PaymentStack
+) -> None:
+    settings = payment_stack.settings
+    before_snapshot = await monitor_once(payment_stack.engine, settings, with_ledger=True)
+    before = await scrape(exporter)
+    payment, _, _ = await payment_in_review(http, merchant, payment_stack)
+    try:
+        after_snapshot = await monitor_once(payment_stack.engine, settings, with_ledger=True)
+        after = await scrape(exporter)
+    finally:
+        payment_stack.emulator.control.clear_faults()
+    # What was exported is what was read, exactly.
+    for status, count in after_snapshot.payments_by_status.items():
+        assert value(after, "penny_payments", status=status) == count
+    for kind, count in after_snapshot.review_open_by_kind.items():
+        assert value(after, "penny_review_queue_depth", kind=kind) == count
+    # The payment: one more in NEEDS_REVIEW, one more open `step_failed` item.
+    assert (
+        value(after, "penny_payments", status="NEEDS_REVIEW") - value(before, "penny_payments", status="NEEDS_REVIEW")
+        == 1
+    )
+    assert (
+        value(after, "penny_review_queue_depth", kind="step_failed")
+        - value(before, "penny_review_queue_depth", kind="step_failed")
+        == 1
+    )
+    assert before_snapshot.ledger is not None and after_snapshot.ledger is not None
+    # The ledger verifies, and every finding code is exported at 0 (an alert fires on any other value).
+    assert after_snapshot.ledger.ok, after_snapshot.ledger.examples
+    assert value(after, "penny_ledger_verify_findings", code="unbalanced_entry") == 0
+    assert ("penny_ledger_verify_findings", (("code", "balance_mismatch"),)) in after
+    assert (
+        value(after, "penny_ledger_verify_last_run_timestamp_seconds")
+        >= after_snapshot.ledger.checked_at.timestamp() - 1
+    )
+    assert payment["status"] == "captured"
+
+
+async def test_status_and_ops_stuck_name_a_payment_in_review(
+    http: httpx.AsyncClient, merchant: Key, payment_stack: PaymentStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    payment, handle, _ = await payment_in_review(http, merchant, payment_stack)
+    payment_stack.emulator.control.clear_faults()
+    settings = payment_stack.settings
+    # The test stack runs no API process on PENNY_API_PORT: status reports it down and exits 1.
+    assert await run_cli(settings, "status") == 1
+    shown = capsys.readouterr().out
+    assert re.search(r"^  ✓ postgres  +PostgreSQL ", shown, re.MULTILINE), shown
+    assert re.search(r"^  ✓ worker  +\d+ polling task queue ", shown, re.MULTILINE), shown
+    assert re.search(r"^  ✗ api  ", shown, re.MULTILINE), shown
+    assert re.search(r"^review queue    \d+ open: .*step_failed \d+", shown, re.MULTILINE), shown
+    assert "ledger          verify ok" in shown
+    # Temporal's visibility is eventually consistent: the search attribute shows up within seconds.
+    for _ in range(50):
+        assert await run_cli(settings, "ops", "stuck", "--order", payment["order_id"]) == 0
+        listed = capsys.readouterr().out
+        if handle.id in listed:
+            break
+        await asyncio.sleep(0.2)
+    [row] = [line.split() for line in listed.splitlines() if handle.id in line]
+    assert row[:4] == ["needs_review", handle.id, payment["order_id"], "NEEDS_REVIEW"]
+    assert row[4:6] == [str(payment["amount"]), "USD"]  # the search attributes spell currencies upper case
+
+
+def test_stuck_queries_are_the_readme_ones() -> None:
+    from datetime import UTC, datetime
+
+    queries = dict(
+        ops_cli.stuck_queries(
+            Settings(stuck_after_seconds=3600), datetime(2026, 11, 22, 12, 0, tzinfo=UTC), customer='c"x'
+        )
+    )
+    assert queries == {
+        "stuck": 'ExecutionStatus = "Running" AND PaymentStatus IN ("CREATED", "PROCESSING") '
+        'AND StartTime < "2026-11-22T11:00:00Z" AND CustomerId = "c\\"x"',
+        "needs_review": 'ExecutionStatus = "Running" AND PaymentStatus = "NEEDS_REVIEW" AND CustomerId = "c\\"x"',
+        "disputed": 'ExecutionStatus = "Running" AND PaymentStatus = "DISPUTED" AND CustomerId = "c\\"x"',
+    }
