@@ -311,8 +311,11 @@ class PaymentActivities:
                 ledger_entry_ids=entry_ids,
                 details=details,
             )
+            refund_status_before: str | None = None
             if request.refund is not None:
-                await _upsert_refund(connection, request.payment_id, split.currency, request.refund)
+                refund_status_before = await _upsert_refund(
+                    connection, request.payment_id, split.currency, request.refund
+                )
             if request.resolution is not None:
                 await _resolve_review_items(connection, request.payment_id, request.resolution)
             if request.review is not None:
@@ -338,6 +341,9 @@ class PaymentActivities:
                 await self._append_outbox(connection, request, from_status)
         if request.to_status != from_status:
             metrics.PAYMENT_TRANSITIONS.labels(to_status=request.to_status).inc()
+            metrics.record_transition(from_status, request.to_status, request.row.failure_code)
+        if request.refund is not None and request.refund.status != refund_status_before:
+            metrics.record_refund(request.refund.status)
         if request.review is not None:
             metrics.REVIEW_ITEMS_OPENED.labels(kind=request.review.kind).inc()
             if request.review.kind == "duplicate_charge":
@@ -513,8 +519,11 @@ def _parts_to_ledger(action: LedgerAction) -> CaptureSplit:
     return _split_to_ledger(action.parts)
 
 
-async def _upsert_refund(connection: AsyncConnection, payment_id: str, currency: str, refund: RefundRecord) -> None:
-    """The refund's row, as the workflow knows it now (one row per refund, never deleted)."""
+async def _upsert_refund(
+    connection: AsyncConnection, payment_id: str, currency: str, refund: RefundRecord
+) -> str | None:
+    """The refund's row, as the workflow knows it now (one row per refund, never deleted).
+    Returns the status the row had before (None: a new row)."""
     parts = {
         "platform_fee": refund.platform_fee,
         "tax": refund.tax,
@@ -524,6 +533,10 @@ async def _upsert_refund(connection: AsyncConnection, payment_id: str, currency:
         {"account_id": item.account_id, "amount": item.amount, "reversal_id": item.reversal_id, "booked": item.booked}
         for item in refund.recoveries
     ]
+    previous = await connection.execute(
+        text("SELECT status FROM refunds WHERE id = :id FOR UPDATE"), {"id": refund.refund_id}
+    )
+    before = previous.scalar_one_or_none()
     await connection.execute(
         text(
             """
@@ -554,6 +567,7 @@ async def _upsert_refund(connection: AsyncConnection, payment_id: str, currency:
             "request_id": refund.request_id or None,
         },
     )
+    return None if before is None else str(before)
 
 
 async def _resolve_review_items(connection: AsyncConnection, payment_id: str, resolution: ReviewResolution) -> None:

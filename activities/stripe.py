@@ -52,6 +52,7 @@ from activities.stripe_types import (
     TransferInput,
     TransferResult,
 )
+from penny import payment_metrics
 from penny.settings import Settings
 
 STRIPE_HTTP_TIMEOUT_SECONDS = 20.0
@@ -126,11 +127,29 @@ def _refused(error: stripe.StripeError, what: str) -> ApplicationError:
     )
 
 
+def _error_kind(error: stripe.StripeError) -> str:
+    if isinstance(error, stripe.CardError):
+        return "declined"
+    if isinstance(error, stripe.APIConnectionError):
+        return "timeout"
+    status = error.http_status or 0
+    if status >= 500:
+        return "server_error"
+    if isinstance(error, stripe.RateLimitError) or status == 429:
+        return "rate_limited"
+    if status == 409:
+        return "conflict"
+    return "refused"
+
+
 def _classify(error: stripe.StripeError, what: str, *, post: bool = False) -> Exception:
     """Map a Stripe SDK error to retryable (plain) or non-retryable (ApplicationError).
 
     `post`: the request carried an idempotency key, so a 5xx answer is saved under it.
+    Counted in penny_stripe_errors_total (and penny_stripe_ambiguous_outcomes_total for a POST
+    whose outcome is unknown).
     """
+    payment_metrics.record_stripe_error(what, _error_kind(error), post=post)
     if isinstance(error, stripe.CardError):
         return ApplicationError(
             f"card declined: {error.user_message or error}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -24,7 +25,18 @@ from penny.services import free_port
 from penny.settings import Settings
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
 from tests.test_api_support import api_client, run_cli
+from tests.test_fault_paths import dispute_of, signal_dispute
+from tests.test_payment_workflow import new_order, start, wait_for_status
+from tests.test_refunds import (
+    disbursed,
+    refund,
+    refund_done,
+    refund_request,
+    stripe_refunds,
+    three_way_order,
+)
 from tests.test_reviews import Key, _key, payment_in_review
+from workflows.payment_models import SIGNAL_STRIPE_EVENT, StripeEventSignal
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -144,3 +156,76 @@ def test_stuck_queries_are_the_readme_ones() -> None:
         "needs_review": 'ExecutionStatus = "Running" AND PaymentStatus = "NEEDS_REVIEW" AND CustomerId = "c\\"x"',
         "disputed": 'ExecutionStatus = "Running" AND PaymentStatus = "DISPUTED" AND CustomerId = "c\\"x"',
     }
+
+
+# ----------------------------------------------------------------------------- outcome counters
+
+
+async def test_a_decline_is_counted_by_its_reason(exporter: str, payment_stack: PaymentStack) -> None:
+    before = await scrape(exporter)
+    state, _ = await start(payment_stack, new_order(payment_method="pm_card_chargeDeclinedInsufficientFunds"))
+    assert state.status == "FAILED"
+    after = await scrape(exporter)
+    failures = "penny_payment_failures_total"
+    assert (
+        value(after, failures, reason="insufficient_funds") - value(before, failures, reason="insufficient_funds") == 1
+    )
+    assert value(after, failures, reason="other") == value(before, failures, reason="other")
+
+
+async def test_a_processor_timeout_is_counted_as_an_ambiguous_outcome(
+    exporter: str, payment_stack: PaymentStack
+) -> None:
+    """Stripe commits the PaymentIntent and the answer never arrives: one timeout, one ambiguous outcome."""
+    before = await scrape(exporter)
+    payment_stack.emulator.control.add_fault("POST", "/v1/payment_intents", "timeout_after", count=1, latency_seconds=1)
+    state, handle = await start(payment_stack, new_order())
+    await wait_for_status(handle, "CAPTURED", "SETTLED")
+    after = await scrape(exporter)
+    create = {"operation": "payment intent create"}
+    errors, ambiguous = "penny_stripe_errors_total", "penny_stripe_ambiguous_outcomes_total"
+    assert value(after, errors, kind="timeout", **create) - value(before, errors, kind="timeout", **create) == 1
+    assert value(after, ambiguous, **create) - value(before, ambiguous, **create) == 1
+
+
+async def test_a_failed_refund_and_a_lost_dispute_are_counted(exporter: str, payment_stack: PaymentStack) -> None:
+    refunds, disputes = "penny_refunds_total", "penny_disputes_total"
+    before = await scrape(exporter)
+    # A refund Stripe fails after accepting it.
+    payment = new_order(payment_method="pm_card_refundFail")
+    state, handle = await start(payment_stack, payment)
+    await disbursed(handle)
+    made = await refund(handle, refund_request(1000))
+    await refund_done(handle, made.refund_id)
+    [stripe_refund] = stripe_refunds(payment_stack, state.stripe_payment_intent_id)
+    payment_stack.emulator.control.fail_refund(stripe_refund["id"])
+    await handle.signal(
+        SIGNAL_STRIPE_EVENT,
+        StripeEventSignal(
+            event_id=f"evt_{uuid.uuid4().hex[:16]}",
+            type="refund.failed",
+            created=0,
+            object_id=stripe_refund["id"],
+            object_type="refund",
+        ),
+    )
+    await wait_for_status(handle, "NEEDS_REVIEW")
+    # A dispute opened and lost.
+    disputed_payment = three_way_order(payment_method="pm_card_createDispute")
+    disputed_state, disputed_handle = await start(payment_stack, disputed_payment)
+    await disbursed(disputed_handle)
+    dispute = await dispute_of(payment_stack, disputed_state.stripe_payment_intent_id)
+    await signal_dispute(disputed_handle, dispute, "charge.dispute.created")
+    await wait_for_status(disputed_handle, "DISPUTED")
+    payment_stack.emulator.control.close_dispute(dispute["id"], "lost")
+    await signal_dispute(disputed_handle, dispute, "charge.dispute.closed")
+    await asyncio.wait_for(disputed_handle.result(), 60)
+    after = await scrape(exporter)
+    # The refund succeeded at first (counted once), then Stripe failed it (counted once).
+    assert value(after, refunds, status="succeeded") - value(before, refunds, status="succeeded") == 1
+    assert value(after, refunds, status="failed") - value(before, refunds, status="failed") == 1
+    assert value(after, disputes, outcome="opened") - value(before, disputes, outcome="opened") == 1
+    assert value(after, disputes, outcome="lost") - value(before, disputes, outcome="lost") == 1
+    assert value(after, disputes, outcome="closed_without_loss") == value(
+        before, disputes, outcome="closed_without_loss"
+    )
