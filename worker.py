@@ -21,15 +21,18 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.health import HealthActivities
 from activities.outbox import OutboxRelayActivities
 from activities.payments import PaymentActivities
+from activities.reconciliation import ReconciliationActivities
 from activities.stripe import StripeActivities
 from activities.webhooks import WebhookRelayActivities
 from penny.db import create_engine
 from penny.logs import configure_logging
 from penny.ops_monitor import monitor_forever
+from penny.reconciliation_schedule import ensure_reconciliation_schedule
 from penny.settings import Settings, get_settings
 from workflows.health import HealthCheckWorkflow
 from workflows.outbox_relay import OutboxRelayWorkflow, start_outbox_relay
 from workflows.payment import PaymentWorkflow
+from workflows.reconciliation import ReconciliationWorkflow
 from workflows.webhook_relay import WebhookRelayWorkflow, start_webhook_relay
 
 logger = logging.getLogger("penny.worker")
@@ -61,6 +64,7 @@ SANDBOX_PASSTHROUGH_MODULES = (
     "activities.payment_types",
     "activities.stripe_types",
     "activities.outbox_types",
+    "workflows.reconciliation_models",
 )
 
 
@@ -70,7 +74,7 @@ def workflow_runner() -> SandboxedWorkflowRunner:
 
 
 def workflow_classes() -> Sequence[type]:
-    return [HealthCheckWorkflow, PaymentWorkflow, WebhookRelayWorkflow, OutboxRelayWorkflow]
+    return [HealthCheckWorkflow, PaymentWorkflow, WebhookRelayWorkflow, OutboxRelayWorkflow, ReconciliationWorkflow]
 
 
 def activity_functions(engine: AsyncEngine, settings: Settings, client: Client | None = None) -> Sequence[Any]:
@@ -79,6 +83,7 @@ def activity_functions(engine: AsyncEngine, settings: Settings, client: Client |
     outbox_relay = OutboxRelayActivities(engine, settings)
     payments = PaymentActivities(engine)
     stripe_calls = StripeActivities(settings)
+    reconciliation = ReconciliationActivities(engine, settings, client)
     return [
         health.record_heartbeat,
         payments.prepare_payment,
@@ -101,6 +106,11 @@ def activity_functions(engine: AsyncEngine, settings: Settings, client: Client |
         stripe_calls.find_reversal,
         webhook_relay.relay_webhook_events,
         outbox_relay.relay_outbox,
+        reconciliation.start_run,
+        reconciliation.fetch_pages,
+        reconciliation.compare,
+        reconciliation.repair,
+        reconciliation.finish,
     ]
 
 
@@ -139,6 +149,8 @@ async def run_worker(settings: Settings) -> None:
     await start_webhook_relay(client, settings.temporal_task_queue)
     # One relay per task queue publishes committed outbox events to subscribers (webhook endpoints).
     await start_outbox_relay(client, settings.temporal_task_queue)
+    # The daily reconciliation Schedule: created, or brought to the current settings (idempotent).
+    await ensure_reconciliation_schedule(client, settings)
     # The consistency-risk gauges (stuck payments, review queue depth, ledger verify, ...).
     monitor = asyncio.create_task(monitor_forever(engine, settings))
     await asyncio.wait([running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)

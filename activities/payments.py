@@ -10,6 +10,7 @@ whose acknowledgement was lost finds the audit row and changes nothing.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -38,6 +39,8 @@ from ledger.errors import LedgerError
 from ledger.money import CaptureSplit, SplitRecipient, compute_split, scale_split
 from penny import payment_metrics as metrics
 from workflows.payment_models import ComputedSplit, RefundRecord, SplitPart
+
+logger = logging.getLogger("penny.payments")
 
 # Risk limits (named; a payment over a limit is reviewed or blocked, never silently passed).
 RISK_REVIEW_AMOUNT_MINOR = 1_000_000  # above this (e.g. $10,000.00) a human looks first
@@ -340,6 +343,15 @@ class PaymentActivities:
                 # (fee, transfers) and extra review items emit nothing.
                 await self._append_outbox(connection, request, from_status)
         if request.to_status != from_status:
+            logger.info(
+                "payment %s: %s -> %s (%s, by %s)",
+                request.payment_id,
+                from_status,
+                request.to_status,
+                request.event,
+                request.actor,
+                extra={"payment_id": request.payment_id},
+            )
             metrics.PAYMENT_TRANSITIONS.labels(to_status=request.to_status).inc()
             metrics.record_transition(from_status, request.to_status, request.row.failure_code)
         if request.refund is not None and request.refund.status != refund_status_before:

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
-from api import idempotency, ledger_views, payments, refunds, reviews, webhook_endpoints, webhooks
+from api import idempotency, ledger_views, payments, reconciliation, refunds, reviews, webhook_endpoints, webhooks
 from api.auth import KeyUseRecorder
 from api.edge import EdgeMiddleware
 from api.errors import ApiError, api_error_handler, http_error_handler, validation_error_handler
@@ -106,8 +106,10 @@ def create_app(
         title="Penny",
         version="0.1.0",
         summary="Payment orchestration for marketplaces",
-        description='Errors are always `{"error": {"type", "code", "message", "param"}}`. Every POST '
-        "needs an `Idempotency-Key`; raw card data is refused anywhere in a request.",
+        description='Errors are always `{"error": {"type", "code", "message", "param", "doc_url"}}`. Every POST '
+        "needs an `Idempotency-Key`; raw card data is refused anywhere in a request. Money fields are integers "
+        "in minor units (`amount`, `tax_amount`, `application_fee_amount`); rates are basis points (`*_bps`). "
+        "`Penny-Version` (a date) pins the API version; every answer echoes it and carries a `Request-Id`.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -149,6 +151,7 @@ def create_app(
     app.include_router(ledger_views.router)
     app.include_router(reviews.router)
     app.include_router(webhook_endpoints.router)
+    app.include_router(reconciliation.router)
     app.include_router(webhooks.router)
 
     async def dependency_states(request: Request) -> dict[str, dict[str, object]]:

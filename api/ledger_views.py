@@ -15,44 +15,25 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import OpsKey, ReaderKey
+from api.edge import penny_version_header
 from api.errors import ERROR_RESPONSES, json_response, resource_missing
-from api.models import PAGE_SIZE_DEFAULT, PAYMENT_ID_LENGTH_MAX
+from api.models import (
+    PAGE_SIZE_DEFAULT,
+    PAYMENT_ID_LENGTH_MAX,
+    LedgerEntryList,
+    LedgerEntryOut,
+    PostingOut,
+)
+from api.pagination import ascending_window, check_exclusive_cursors
 from api.payments import existing_payment
 from ledger import ledger as books
 from ledger.errors import InvalidAccount, UnknownAccount
 from ledger.ledger import ACCOUNT_CODE_PATTERN, PAGE_SIZE_MAX
 from ledger.models import Balance, PostedEntry
 
-router = APIRouter(prefix="/v1", tags=["ledger"])
+router = APIRouter(prefix="/v1", tags=["ledger"], dependencies=[Depends(penny_version_header)])
 
 ACCOUNT_CODE_LENGTH_MAX = 200
-
-
-class PostingOut(BaseModel):
-    account: str
-    amount: int  # > 0 debits the account, < 0 credits it
-    currency: str
-
-
-class LedgerEntryOut(BaseModel):
-    id: int
-    object: Literal["ledger_entry"] = "ledger_entry"
-    kind: str
-    status: str
-    description: str
-    postings: list[PostingOut]
-    metadata: dict[str, str]
-    reverses_entry_id: int | None
-    resolves_entry_id: int | None
-    resolved_by_entry_id: int | None
-    effective_at: int | None
-
-
-class LedgerEntryList(BaseModel):
-    object: Literal["list"] = "list"
-    url: str
-    has_more: bool
-    data: list[LedgerEntryOut]
 
 
 class AccountBalance(BaseModel):
@@ -96,6 +77,7 @@ def entry_out(entry: PostedEntry) -> LedgerEntryOut:
         resolves_entry_id=entry.resolves_entry_id,
         resolved_by_entry_id=entry.resolved_by_entry_id,
         effective_at=_unix(entry.effective_at),
+        created=_unix(entry.effective_at) or 0,
     )
 
 
@@ -126,14 +108,30 @@ async def payment_ledger(
     payment_id: Annotated[str, Path(max_length=PAYMENT_ID_LENGTH_MAX, pattern=r"^[A-Za-z0-9_]+$")],
     api_key: ReaderKey,
     engine: Engine,
+    limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_MAX,
+    starting_after: Annotated[int | None, Query(ge=0, le=2**62, description="A ledger entry id.")] = None,
+    ending_before: Annotated[int | None, Query(ge=0, le=2**62, description="A ledger entry id.")] = None,
 ) -> Response:
     await existing_payment(engine, payment_id)
+    page = await payment_ledger_page(engine, payment_id, limit, starting_after, ending_before)
+    return json_response(200, _dump(page))
+
+
+async def payment_ledger_page(
+    engine: AsyncEngine, payment_id: str, limit: int, starting_after: int | None, ending_before: int | None
+) -> LedgerEntryList:
+    """One page of the payment's ledger entries, oldest first (a payment has a handful: they are
+    read whole, at most the ledger's ENTRIES_BY_METADATA_MAX, and paged here)."""
+    check_exclusive_cursors(starting_after, ending_before)
     async with engine.connect() as connection:
         found = await books.entries_by_metadata(connection, "payment_id", payment_id)
-    page = LedgerEntryList(
-        url=f"/v1/payments/{payment_id}/ledger", has_more=False, data=[entry_out(entry) for entry in found]
+    ids = [entry.id for entry in found]
+    start, end, has_more = ascending_window(ids, limit, starting_after, ending_before)
+    return LedgerEntryList(
+        url=f"/v1/payments/{payment_id}/ledger",
+        has_more=has_more,
+        data=[entry_out(entry) for entry in found[start:end]],
     )
-    return json_response(200, _dump(page))
 
 
 @router.get(

@@ -17,11 +17,11 @@ from penny.settings import Settings
 
 # The ledger's parameter names → the API's.
 _LEDGER_PARAMS = {
-    "recipients": "splits",
-    "recipients.amount": "splits",
-    "recipients.share_bps": "splits",
-    "tax_amount": "tax",
-    "platform_fee_bps": "platform_fee",
+    "recipients": "recipients",
+    "recipients.amount": "recipients",
+    "recipients.share_bps": "recipients",
+    "tax_amount": "tax_amount",
+    "platform_fee_bps": "application_fee_bps",
     "total": "amount",
 }
 
@@ -38,25 +38,33 @@ def check_payment_create(body: PaymentCreate, settings: Settings) -> None:
             f"Currency must be one of {', '.join(sorted(settings.currencies & CURRENCY_EXPONENTS.keys()))}.",
             "currency",
         )
-    accounts = [split.account_id for split in body.splits]
+    accounts = [recipient.account_id for recipient in body.recipients]
     if len(set(accounts)) != len(accounts):
-        raise invalid_request("parameter_invalid", "Each split recipient (account_id) may appear only once.", "splits")
-    shares_bps = sum(split.share_bps or 0 for split in body.splits)
+        raise invalid_request("parameter_invalid", "Each recipient (account_id) may appear only once.", "recipients")
+    shares_bps = sum(recipient.share_bps or 0 for recipient in body.recipients)
     if shares_bps > 10_000:
-        raise invalid_request("parameter_invalid", "Split shares add up to more than 10000 basis points.", "splits")
+        raise invalid_request(
+            "parameter_invalid", "Recipients' share_bps add up to more than 10000 basis points (100 %).", "recipients"
+        )
+    if body.tax_amount > body.amount:
+        raise invalid_request(
+            "parameter_invalid",
+            "tax_amount is more than amount; both are in minor units and the tax is included in amount.",
+            "tax_amount",
+        )
     try:
         compute_split(
             body.amount,
             currency,
-            platform_fee_bps=body.platform_fee,
-            tax_amount=body.tax,
+            platform_fee_bps=body.application_fee_bps,
+            tax_amount=body.tax_amount,
             recipients=[
-                SplitRecipient(account_id=split.account_id, share_bps=split.share_bps, amount=split.amount)
-                for split in body.splits
+                SplitRecipient(account_id=recipient.account_id, share_bps=recipient.share_bps, amount=recipient.amount)
+                for recipient in body.recipients
             ],
         )
     except LedgerError as error:
-        param = _LEDGER_PARAMS.get(error.param or "", error.param or "splits")
+        param = _LEDGER_PARAMS.get(error.param or "", error.param or "recipients")
         raise invalid_request(
             "parameter_invalid", f"Invalid {param}: {getattr(error, 'message', str(error))}.", param
         ) from None

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
+from pydantic_core import PydanticCustomError
 
 ORDER_ID_LENGTH_MAX = 100
 ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
@@ -50,14 +51,16 @@ CancellationReason = Literal["requested_by_customer", "duplicate", "fraudulent",
 
 # PostgreSQL text and jsonb cannot hold NUL: refused here rather than failing in the workflow.
 NO_NUL_PATTERN = r"^[^\x00]*$"
-MetadataKey = Annotated[str, Field(min_length=1, max_length=METADATA_KEY_LENGTH_MAX, pattern=NO_NUL_PATTERN)]
+# As Stripe's: a key may not contain square brackets (they would read as a nested parameter).
+METADATA_KEY_PATTERN = r"^[^\x00\[\]]*$"
+MetadataKey = Annotated[str, Field(min_length=1, max_length=METADATA_KEY_LENGTH_MAX, pattern=METADATA_KEY_PATTERN)]
 MetadataValue = Annotated[str, Field(max_length=METADATA_VALUE_LENGTH_MAX, pattern=NO_NUL_PATTERN)]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
-class SplitIn(BaseModel):
-    """A recipient of the buyer's money: exactly one of `share_bps` or `amount`."""
+class RecipientIn(BaseModel):
+    """A recipient of the buyer's money: exactly one of `amount` (minor units) or `share_bps`."""
 
     model_config = _STRICT
 
@@ -66,17 +69,53 @@ class SplitIn(BaseModel):
         pattern=ACCOUNT_ID_PATTERN,
         description="Stripe connected account, `acct_...`.",
     )
-    share_bps: int | None = Field(
-        None, ge=0, le=BASIS_POINTS_MAX, description="Share of what remains after fee and tax, in basis points."
+    amount: int | None = Field(
+        None, ge=1, description="Fixed amount in minor units of the currency (cents): 2500 is 25.00 USD."
     )
-    amount: int | None = Field(None, ge=1, description="Fixed amount in minor units.")
+    share_bps: int | None = Field(
+        None,
+        ge=0,
+        le=BASIS_POINTS_MAX,
+        description="Share, in basis points (0 to 10000; 2500 is 25 %), of what remains after the application "
+        "fee, the tax and the fixed amounts.",
+    )
     role: str = Field("seller", max_length=ROLE_LENGTH_MAX, pattern=ROLE_PATTERN, description="seller, driver, ...")
 
     @model_validator(mode="after")
-    def _exactly_one_share(self) -> SplitIn:
-        if (self.share_bps is None) == (self.amount is None):
-            raise ValueError("give exactly one of share_bps or amount")
+    def _exactly_one_share(self) -> RecipientIn:
+        if self.share_bps is not None and self.amount is not None:
+            raise PydanticCustomError(
+                "parameter_ambiguous",
+                "Give either amount (minor units) or share_bps (basis points) for a recipient, not both.",
+                {"field": "amount"},
+            )
+        if self.share_bps is None and self.amount is None:
+            raise PydanticCustomError(
+                "parameter_missing_one_of",
+                "Give a recipient either amount (minor units) or share_bps (basis points).",
+                {"field": "amount"},
+            )
         return self
+
+
+# Request names that were replaced before the first release: each answers a 400
+# `parameter_renamed` naming its replacement (no silent compatibility layer).
+RENAMED_PAYMENT_PARAMETERS: dict[str, str] = {
+    "platform_fee": "application_fee_bps",
+    "tax": "tax_amount",
+    "splits": "recipients",
+}
+RENAMED_HINTS: dict[str, str] = {
+    "platform_fee": "the platform fee's rate, in basis points of amount net of tax_amount (1000 is 10 %)",
+    "tax": "tax in minor units, included in amount",
+    "splits": "the recipients, each with amount (minor units) or share_bps (basis points)",
+}
+# Names a Stripe user may send that Penny does not take (yet): 400 `parameter_unsupported`.
+UNSUPPORTED_PAYMENT_PARAMETERS: dict[str, str] = {
+    "application_fee_amount": "Penny takes the application fee as a rate: give application_fee_bps (basis points "
+    "of amount net of tax_amount, 0 to 10000). The fee in minor units is answered as "
+    "split.application_fee_amount.",
+}
 
 
 PAYMENT_CREATE_EXAMPLE: JsonDict = {
@@ -86,15 +125,55 @@ PAYMENT_CREATE_EXAMPLE: JsonDict = {
     "customer": "cus_alice",
     "payment_method": "pm_card_visa",
     "capture_method": "automatic",
-    "splits": [{"account_id": "acct_seller_1", "share_bps": 10000, "role": "seller"}],
-    "platform_fee": 1000,
-    "tax": 0,
+    "recipients": [{"account_id": "acct_seller_1", "share_bps": 10000, "role": "seller"}],
+    "application_fee_bps": 1000,
+    "tax_amount": 0,
     "metadata": {"cart": "c_1"},
+}
+PAYMENT_CREATE_EXAMPLE_SPLIT: JsonDict = {
+    "order_id": "order_1002",
+    "amount": 5000,
+    "currency": "eur",
+    "customer": "cus_bob",
+    "payment_method": "pm_card_visa",
+    "recipients": [
+        {"account_id": "acct_driver_1", "amount": 1500, "role": "driver"},
+        {"account_id": "acct_seller_2", "share_bps": 10000, "role": "seller"},
+    ],
+    "application_fee_bps": 1250,
+    "tax_amount": 400,
 }
 
 
+def _reject_old_and_unsupported_names(data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    for old, new in RENAMED_PAYMENT_PARAMETERS.items():
+        if old in data:
+            raise PydanticCustomError(
+                "parameter_renamed",
+                f"{old} was replaced by {new}: {RENAMED_HINTS[old]}.",
+                {"field": old},
+            )
+    for name, advice in UNSUPPORTED_PAYMENT_PARAMETERS.items():
+        if name in data:
+            if name == "application_fee_amount" and "application_fee_bps" in data:
+                raise PydanticCustomError(
+                    "parameter_ambiguous",
+                    "Give the application fee once: application_fee_bps (basis points), not also "
+                    "application_fee_amount.",
+                    {"field": name},
+                )
+            raise PydanticCustomError("parameter_unsupported", f"{name} is not supported. {advice}", {"field": name})
+    return data
+
+
 class PaymentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [PAYMENT_CREATE_EXAMPLE]})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [PAYMENT_CREATE_EXAMPLE, PAYMENT_CREATE_EXAMPLE_SPLIT]},
+    )
 
     order_id: str = Field(
         min_length=1,
@@ -102,7 +181,10 @@ class PaymentCreate(BaseModel):
         pattern=ORDER_ID_PATTERN,
         description="Your order id. One order id makes at most one payment.",
     )
-    amount: int = Field(ge=1, description="Amount in minor units (cents). At most PENNY_MAX_AMOUNT_MINOR.")
+    amount: int = Field(
+        ge=1,
+        description="Amount in minor units of the currency (cents): 9999 is 99.99 USD. At most PENNY_MAX_AMOUNT_MINOR.",
+    )
     currency: str = Field(
         min_length=3,
         max_length=3,
@@ -118,21 +200,33 @@ class PaymentCreate(BaseModel):
         description="A payment method token (`pm_...`). Raw card data is refused.",
     )
     capture_method: CaptureMethod = "automatic"
-    splits: list[SplitIn] = Field(
+    recipients: list[RecipientIn] = Field(
         min_length=1,
         max_length=SPLITS_MAX,
-        description="Recipients of what remains after the platform fee and tax: fixed amounts, and shares in "
-        "basis points of the rest (shares, if any, sum to 10000; without shares the amounts take all of it).",
+        description="Who gets what remains after the application fee and tax: fixed amounts (minor units), and "
+        "shares in basis points of the rest (shares, if any, sum to 10000; without shares the amounts take all "
+        "of it).",
     )
-    platform_fee: int = Field(0, ge=0, le=BASIS_POINTS_MAX, description="Platform fee in basis points of amount.")
-    tax: int = Field(0, ge=0, description="Tax in minor units, included in amount.")
+    application_fee_bps: int = Field(
+        0,
+        ge=0,
+        le=BASIS_POINTS_MAX,
+        description="The platform's fee as a rate, in basis points (0 to 10000; 1000 is 10 %) of amount net of "
+        "tax_amount, rounded half up. The fee in minor units is answered as split.application_fee_amount.",
+    )
+    tax_amount: int = Field(0, ge=0, description="Tax in minor units of the currency, included in amount.")
     description: str = Field("", max_length=DESCRIPTION_LENGTH_MAX, pattern=NO_NUL_PATTERN)
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict,
         max_length=METADATA_KEYS_MAX,
-        description=f"Up to {METADATA_KEYS_MAX} keys of at most {METADATA_KEY_LENGTH_MAX} characters, "
+        description=f"As Stripe's: up to {METADATA_KEYS_MAX} keys of at most {METADATA_KEY_LENGTH_MAX} characters, "
         f"string values of at most {METADATA_VALUE_LENGTH_MAX}.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return _reject_old_and_unsupported_names(data)
 
 
 class CaptureCreate(BaseModel):
@@ -147,18 +241,20 @@ class CancelCreate(BaseModel):
     reason: CancellationReason = "requested_by_customer"
 
 
-class SplitPartOut(BaseModel):
+class RecipientOut(BaseModel):
     account_id: str
-    amount: int
+    amount: int = Field(description="Minor units this recipient gets.")
     role: str
 
 
 class SplitOut(BaseModel):
-    total: int
+    """Where the payment's amount goes, in minor units; the parts always sum to `amount` exactly."""
+
+    amount: int = Field(description="The amount split, in minor units.")
     currency: str
-    platform_fee: int
-    tax: int
-    parts: list[SplitPartOut]
+    application_fee_amount: int = Field(description="The platform's fee in minor units (from application_fee_bps).")
+    tax_amount: int = Field(description="Tax in minor units, as requested.")
+    recipients: list[RecipientOut] = Field(description="Each recipient's amount, in the request's order.")
 
 
 class NextAction(BaseModel):
@@ -166,7 +262,38 @@ class NextAction(BaseModel):
     url: str
 
 
+PAYMENT_EXAMPLE: JsonDict = {
+    "id": "pay_ufnbjpsftxyilvzkniinoofn",
+    "object": "payment",
+    "order_id": "order_1001",
+    "status": "captured",
+    "amount": 9999,
+    "currency": "USD",
+    "customer": "cus_alice",
+    "capture_method": "automatic",
+    "amount_capturable": 0,
+    "amount_captured": 9999,
+    "amount_refunded": 0,
+    "split": {
+        "amount": 9999,
+        "currency": "USD",
+        "application_fee_amount": 1000,
+        "tax_amount": 0,
+        "recipients": [{"account_id": "acct_seller_1", "amount": 8999, "role": "seller"}],
+    },
+    "metadata": {"cart": "c_1"},
+    "failure_code": None,
+    "failure_message": None,
+    "next_action": None,
+    "stripe_payment_intent_id": "pi_qAx1K4ZTQs79RGvpFuuXr5ES",
+    "dispute_status": None,
+    "created": 1795320000,
+}
+
+
 class Payment(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [PAYMENT_EXAMPLE]})
+
     id: str = Field(description="Penny payment id, `pay_...`.")
     object: Literal["payment"] = "payment"
     order_id: str
@@ -188,6 +315,16 @@ class Payment(BaseModel):
         None, description="Stripe's status of the payment's latest dispute (needs_response, won, lost, warning_*)."
     )
     created: int = Field(description="Unix time the payment was created.")
+    # Present only when asked for with `expand[]` (GET /v1/payments/{id}?expand[]=events&...):
+    # the first page of each list, whose `url` pages further.
+    events: PaymentEventList | None = Field(None, description="With `expand[]=events`: the audit trail.")
+    refunds: RefundList | None = Field(None, description="With `expand[]=refunds`: the payment's refunds.")
+    ledger_lines: LedgerEntryList | None = Field(
+        None, description="With `expand[]=ledger_lines`: the payment's ledger entries and their postings."
+    )
+
+
+EXPANDABLE_PAYMENT_FIELDS = ("events", "refunds", "ledger_lines")
 
 
 class PaymentList(BaseModel):
@@ -220,6 +357,37 @@ class PaymentEventList(BaseModel):
     data: list[PaymentEventOut]
 
 
+# ----------------------------------------------------------------------------- ledger lines
+
+
+class PostingOut(BaseModel):
+    account: str
+    amount: int  # > 0 debits the account, < 0 credits it
+    currency: str
+
+
+class LedgerEntryOut(BaseModel):
+    id: int
+    object: Literal["ledger_entry"] = "ledger_entry"
+    kind: str
+    status: str
+    description: str
+    postings: list[PostingOut]
+    metadata: dict[str, str]
+    reverses_entry_id: int | None
+    resolves_entry_id: int | None
+    resolved_by_entry_id: int | None
+    effective_at: int | None
+    created: int = Field(description="Unix time the entry was booked (its effective time).")
+
+
+class LedgerEntryList(BaseModel):
+    object: Literal["list"] = "list"
+    url: str
+    has_more: bool
+    data: list[LedgerEntryOut]
+
+
 RefundReason = Literal["duplicate", "fraudulent", "requested_by_customer"]
 RefundStatus = Literal["pending", "succeeded", "failed"]
 
@@ -239,7 +407,7 @@ class RefundPartOut(BaseModel):
 
 
 class RefundParts(BaseModel):
-    platform_fee_amount: int = Field(description="Minor units of the platform fee given back.")
+    application_fee_amount: int = Field(description="Minor units of the application fee given back.")
     tax_amount: int = Field(description="Minor units of tax given back.")
     recipients: list[RefundPartOut]
 
@@ -351,3 +519,6 @@ class ReviewList(BaseModel):
     url: str
     has_more: bool
     data: list[Review]
+
+
+Payment.model_rebuild()

@@ -15,13 +15,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from api import idempotency, metrics
 from api.auth import MerchantKey, ReaderKey
-from api.edge import REQUEST_ID_SCOPE_KEY
+from api.edge import REQUEST_ID_SCOPE_KEY, penny_version_header
 from api.errors import (
     ERROR_RESPONSES,
     IDEMPOTENT_POST_RESPONSES,
@@ -36,6 +37,7 @@ from api.limits import check_payment_create
 from api.models import (
     CUSTOMER_LENGTH_MAX,
     CUSTOMER_PATTERN,
+    EXPANDABLE_PAYMENT_FIELDS,
     PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
     PAYMENT_ID_LENGTH_MAX,
@@ -48,7 +50,10 @@ from api.models import (
     PaymentEventList,
     PaymentEventOut,
     PaymentList,
+    RecipientOut,
+    SplitOut,
 )
+from api.pagination import check_exclusive_cursors
 from api.workflow_client import (
     OrderClosed,
     cancel_payment,
@@ -68,7 +73,7 @@ from workflows.payment_models import (
     workflow_id_for_order,
 )
 
-router = APIRouter(prefix="/v1", tags=["payments"])
+router = APIRouter(prefix="/v1", tags=["payments"], dependencies=[Depends(penny_version_header)])
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII, as Stripe
 
@@ -117,13 +122,32 @@ def _unix(moment: datetime | None) -> int:
     return int(moment.timestamp()) if moment is not None else int(time.time())
 
 
-def _split_dict(split: Any) -> dict[str, Any] | None:
+def split_out(split: Any) -> SplitOut | None:
+    """The workflow's computed split (a dataclass, or its JSON in the payments row) in the API's
+    unit-named fields: every amount in minor units, recipients in the request's order."""
     if split is None:
         return None
     value = asdict(split) if is_dataclass(split) and not isinstance(split, type) else split
     if not isinstance(value, dict) or not {"total", "currency", "platform_fee", "tax", "parts"} <= value.keys():
         return None
-    return value
+    split_value = SplitOut(
+        amount=value["total"],
+        currency=value["currency"],
+        application_fee_amount=value["platform_fee"],
+        tax_amount=value["tax"],
+        recipients=[
+            RecipientOut(account_id=part["account_id"], amount=part["amount"], role=part.get("role", "seller"))
+            for part in value["parts"]
+        ],
+    )
+    parts_sum = split_value.application_fee_amount + split_value.tax_amount
+    parts_sum += sum(recipient.amount for recipient in split_value.recipients)
+    assert parts_sum == split_value.amount, "a split's parts always sum to its amount"
+    return split_value
+
+
+# Expandable lists are left out of a payment unless `expand[]` asks for them, as in Stripe.
+_UNEXPANDED = set(EXPANDABLE_PAYMENT_FIELDS)
 
 
 def payment_from_row(row: Any) -> dict[str, Any]:
@@ -138,14 +162,14 @@ def payment_from_row(row: Any) -> dict[str, Any]:
         amount_capturable=row.amount_capturable,
         amount_captured=row.amount_captured,
         amount_refunded=row.amount_refunded,
-        split=_split_dict(row.split),  # type: ignore[arg-type]
+        split=split_out(row.split),
         metadata=row.metadata or {},
         failure_code=row.failure_code,
         failure_message=row.failure_message,
         stripe_payment_intent_id=row.stripe_payment_intent_id,
         dispute_status=row.dispute_status,
         created=_unix(row.created_at),
-    ).model_dump(mode="json")
+    ).model_dump(mode="json", exclude=_UNEXPANDED)
 
 
 def payment_from_state(state: PaymentState, metadata: dict[str, str], created: datetime | None) -> dict[str, Any]:
@@ -160,7 +184,7 @@ def payment_from_state(state: PaymentState, metadata: dict[str, str], created: d
         amount_capturable=state.amount_capturable,
         amount_captured=state.amount_captured,
         amount_refunded=state.amount_refunded,
-        split=_split_dict(state.split),  # type: ignore[arg-type]
+        split=split_out(state.split),
         metadata=metadata,
         failure_code=state.failure_code,
         failure_message=state.failure_message,
@@ -168,7 +192,7 @@ def payment_from_state(state: PaymentState, metadata: dict[str, str], created: d
         stripe_payment_intent_id=state.stripe_payment_intent_id,
         dispute_status=state.dispute_status,
         created=_unix(created),
-    ).model_dump(mode="json")
+    ).model_dump(mode="json", exclude=_UNEXPANDED)
 
 
 # ----------------------------------------------------------------------------- reading rows
@@ -253,14 +277,18 @@ def _payment_input(
         customer=body.customer,
         payment_method=body.payment_method,
         capture_method=body.capture_method,
+        # The API's unit-named fields map onto the workflow's input (already unit-named) here.
         recipients=[
             SplitRecipientSpec(
-                account_id=split.account_id, share_bps=split.share_bps, amount=split.amount, role=split.role
+                account_id=recipient.account_id,
+                share_bps=recipient.share_bps,
+                amount=recipient.amount,
+                role=recipient.role,
             )
-            for split in body.splits
+            for recipient in body.recipients
         ],
-        platform_fee_bps=body.platform_fee,
-        tax_amount=body.tax,
+        platform_fee_bps=body.application_fee_bps,
+        tax_amount=body.tax_amount,
         metadata=dict(body.metadata),
         request_fingerprint=fingerprint,
         request_id=request_id,
@@ -344,7 +372,16 @@ async def list_payments(
             max_length=PAYMENT_ID_LENGTH_MAX, pattern=PAYMENT_ID_PATTERN, description="A payment id: the page after it."
         ),
     ] = None,
+    ending_before: Annotated[
+        str | None,
+        Query(
+            max_length=PAYMENT_ID_LENGTH_MAX,
+            pattern=PAYMENT_ID_PATTERN,
+            description="A payment id: the page before it (newer payments), still newest first.",
+        ),
+    ] = None,
 ) -> Response:
+    check_exclusive_cursors(starting_after, ending_before)
     conditions = ["TRUE"]
     values: dict[str, Any] = {"limit": limit + 1}
     if status is not None:
@@ -356,37 +393,85 @@ async def list_payments(
     if created_gte is not None:
         conditions.append("created_at >= to_timestamp(:created_gte)")
         values["created_gte"] = created_gte
+    # Newest first, by (created_at, id): ties in created_at are ordered by id, so a page boundary
+    # never skips or repeats a payment.
+    cursor_id, cursor_param = (ending_before, "ending_before") if ending_before else (starting_after, "starting_after")
+    order = "DESC"
     async with engine.connect() as connection:
-        if starting_after is not None:
+        if cursor_id is not None:
             cursor = (
-                await connection.execute(
-                    text("SELECT created_at, id FROM payments WHERE id = :id"), {"id": starting_after}
-                )
+                await connection.execute(text("SELECT created_at, id FROM payments WHERE id = :id"), {"id": cursor_id})
             ).one_or_none()
             if cursor is None:
-                raise invalid_request("resource_missing", "No such payment to start after.", "starting_after")
-            conditions.append("(created_at, id) < (:cursor_created, :cursor_id)")
+                raise invalid_request("resource_missing", f"No such payment: {cursor_param}.", cursor_param)
+            comparison = ">" if cursor_param == "ending_before" else "<"
+            order = "ASC" if cursor_param == "ending_before" else "DESC"
+            conditions.append(f"(created_at, id) {comparison} (:cursor_created, :cursor_id)")
             values.update(cursor_created=cursor.created_at, cursor_id=cursor.id)
         rows = (
             await connection.execute(
                 text(
                     f"SELECT * FROM payments WHERE {' AND '.join(conditions)} "
-                    "ORDER BY created_at DESC, id DESC LIMIT :limit"
+                    f"ORDER BY created_at {order}, id {order} LIMIT :limit"
                 ),
                 values,
             )
         ).all()
+    has_more = len(rows) > limit
+    rows = list(rows[:limit])
+    if order == "ASC":
+        rows.reverse()
     page = PaymentList(
-        url="/v1/payments",
-        has_more=len(rows) > limit,
-        data=[Payment.model_validate(payment_from_row(row)) for row in rows[:limit]],
+        url="/v1/payments", has_more=has_more, data=[Payment.model_validate(payment_from_row(row)) for row in rows]
     )
-    return json_response(200, page.model_dump(mode="json"))
+    return json_response(200, page.model_dump(mode="json", exclude={"data": {"__all__": _UNEXPANDED}}))
 
 
-@router.get("/payments/{payment_id}", response_model=Payment, responses=ERROR_RESPONSES, summary="Retrieve a payment")
-async def get_payment(payment_id: PaymentId, api_key: ReaderKey, engine: Engine) -> Response:
-    return json_response(200, payment_from_row(await existing_payment(engine, payment_id)))
+@router.get(
+    "/payments/{payment_id}",
+    response_model=Payment,
+    response_model_exclude_none=False,
+    responses=ERROR_RESPONSES,
+    summary="Retrieve a payment (`expand[]=events`, `refunds`, `ledger_lines`)",
+)
+async def get_payment(
+    payment_id: PaymentId,
+    api_key: ReaderKey,
+    engine: Engine,
+    expand: Annotated[
+        list[str] | None,
+        Query(
+            alias="expand[]",
+            max_length=len(EXPANDABLE_PAYMENT_FIELDS),
+            description="Lists to include, as Stripe's `expand[]`: `events`, `refunds`, `ledger_lines` (the first "
+            f"{PAGE_SIZE_MAX} of each; its `url` pages further).",
+        ),
+    ] = None,
+) -> Response:
+    row = await existing_payment(engine, payment_id)
+    payment = payment_from_row(row)
+    for index, field in enumerate(expand or []):
+        if field not in EXPANDABLE_PAYMENT_FIELDS:
+            raise invalid_request(
+                "parameter_invalid",
+                f"This property cannot be expanded; expandable: {', '.join(EXPANDABLE_PAYMENT_FIELDS)}.",
+                f"expand[{index}]",
+            )
+        payment[field] = (await _expanded(engine, payment_id, field)).model_dump(mode="json")
+    return json_response(200, payment)
+
+
+async def _expanded(engine: AsyncEngine, payment_id: str, field: str) -> BaseModel:
+    # Imported here: api.refunds and api.ledger_views build on this module.
+    from api.ledger_views import payment_ledger_page
+    from api.refunds import payment_refunds_page
+
+    if field == "events":
+        return await payment_events_page(engine, payment_id, PAGE_SIZE_MAX, None, None)
+    if field == "refunds":
+        return await payment_refunds_page(engine, payment_id, PAGE_SIZE_MAX, None, None)
+    assert field == "ledger_lines", field
+    return await payment_ledger_page(engine, payment_id, PAGE_SIZE_MAX, None, None)
 
 
 @router.get(
@@ -401,18 +486,35 @@ async def list_payment_events(
     engine: Engine,
     limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_MAX,
     starting_after: Annotated[int | None, Query(ge=0, le=2**62, description="An event id.")] = None,
+    ending_before: Annotated[int | None, Query(ge=0, le=2**62, description="An event id.")] = None,
 ) -> Response:
     await existing_payment(engine, payment_id)
+    page = await payment_events_page(engine, payment_id, limit, starting_after, ending_before)
+    return json_response(200, page.model_dump(mode="json"))
+
+
+async def payment_events_page(
+    engine: AsyncEngine, payment_id: str, limit: int, starting_after: int | None, ending_before: int | None
+) -> PaymentEventList:
+    """One page of the payment's audit trail, oldest first (by event id)."""
+    check_exclusive_cursors(starting_after, ending_before)
+    if ending_before is not None:
+        query = "id < :cursor ORDER BY id DESC"
+        cursor = ending_before
+    else:
+        query = "id > :cursor ORDER BY id"
+        cursor = starting_after or 0
     async with engine.connect() as connection:
         rows = (
             await connection.execute(
-                text(
-                    "SELECT * FROM payment_events WHERE payment_id = :payment_id AND id > :after "
-                    "ORDER BY id LIMIT :limit"
-                ),
-                {"payment_id": payment_id, "after": starting_after or 0, "limit": limit + 1},
+                text(f"SELECT * FROM payment_events WHERE payment_id = :payment_id AND {query} LIMIT :limit"),
+                {"payment_id": payment_id, "cursor": cursor, "limit": limit + 1},
             )
         ).all()
+    has_more = len(rows) > limit
+    rows = list(rows[:limit])
+    if ending_before is not None:
+        rows.reverse()
     events = [
         PaymentEventOut(
             id=row.id,
@@ -428,10 +530,9 @@ async def list_payment_events(
             details=row.details or {},
             created=_unix(row.created_at),
         )
-        for row in rows[:limit]
+        for row in rows
     ]
-    page = PaymentEventList(url=f"/v1/payments/{payment_id}/events", has_more=len(rows) > limit, data=events)
-    return json_response(200, page.model_dump(mode="json"))
+    return PaymentEventList(url=f"/v1/payments/{payment_id}/events", has_more=has_more, data=events)
 
 
 async def _update_payment(

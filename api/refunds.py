@@ -10,21 +10,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import MerchantKey, ReaderKey
-from api.edge import REQUEST_ID_SCOPE_KEY
+from api.edge import REQUEST_ID_SCOPE_KEY, penny_version_header
 from api.errors import ERROR_RESPONSES, IDEMPOTENT_POST_RESPONSES, json_response, resource_missing
 from api.models import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, Refund, RefundCreate, RefundList
+from api.pagination import check_exclusive_cursors
 from api.payments import Engine, IdempotencyKey, PaymentId, _engine, _raw_json, _run_idempotent, _temporal, _unix
 from api.payments import existing_payment as _existing_payment
 from api.workflow_client import refund_payment
 from workflows.ids import refund_id_for_request
 from workflows.payment_models import RefundRecord, RefundRequest
 
-router = APIRouter(prefix="/v1", tags=["refunds"])
+router = APIRouter(prefix="/v1", tags=["refunds"], dependencies=[Depends(penny_version_header)])
 
 REFUND_ID_REGEX = r"^rf_[a-z]{24}$"
 RefundId = Annotated[str, Path(pattern=REFUND_ID_REGEX, examples=["rf_abcdefghijklmnopqrstuvwx"])]
@@ -39,7 +41,7 @@ def refund_from_record(record: RefundRecord, payment_id: str, currency: str, cre
         reason=record.reason,  # type: ignore[arg-type]
         status=record.status,  # type: ignore[arg-type]
         parts={
-            "platform_fee_amount": record.platform_fee,
+            "application_fee_amount": record.platform_fee,
             "tax_amount": record.tax,
             "recipients": [{"account_id": part.account_id, "amount": part.amount} for part in record.recipients],
         },  # type: ignore[arg-type]
@@ -68,7 +70,7 @@ def refund_from_row(row: Any) -> dict[str, Any]:
         reason=row.reason,
         status=row.status,
         parts={
-            "platform_fee_amount": parts["platform_fee"],
+            "application_fee_amount": parts["platform_fee"],
             "tax_amount": parts["tax"],
             "recipients": parts["recipients"],
         },  # type: ignore[arg-type]
@@ -132,31 +134,45 @@ async def list_payment_refunds(
     api_key: ReaderKey,
     engine: Engine,
     limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
-    starting_after: Annotated[str | None, Query(pattern=REFUND_ID_REGEX)] = None,
+    starting_after: Annotated[str | None, Query(pattern=REFUND_ID_REGEX, description="A refund id.")] = None,
+    ending_before: Annotated[str | None, Query(pattern=REFUND_ID_REGEX, description="A refund id.")] = None,
 ) -> Response:
     await _existing_payment(engine, payment_id)
+    page = await payment_refunds_page(engine, payment_id, limit, starting_after, ending_before)
+    return json_response(200, page.model_dump(mode="json"))
+
+
+async def payment_refunds_page(
+    engine: AsyncEngine, payment_id: str, limit: int, starting_after: str | None, ending_before: str | None
+) -> RefundList:
+    """One page of the payment's refunds, oldest first (by creation, then id)."""
+    check_exclusive_cursors(starting_after, ending_before)
+    if ending_before is not None:
+        window = (
+            "(created_at, id) < (SELECT created_at, id FROM refunds WHERE id = :cursor) "
+            "ORDER BY created_at DESC, id DESC"
+        )
+    else:
+        window = (
+            "(CAST(:cursor AS text) IS NULL OR (created_at, id) > "
+            "(SELECT created_at, id FROM refunds WHERE id = CAST(:cursor AS text))) ORDER BY created_at, id"
+        )
     async with engine.connect() as connection:
         rows = (
             await connection.execute(
-                text(
-                    """
-                    SELECT * FROM refunds
-                     WHERE payment_id = :payment_id
-                       AND (CAST(:after AS text) IS NULL OR (created_at, id) >
-                            (SELECT created_at, id FROM refunds WHERE id = CAST(:after AS text)))
-                     ORDER BY created_at, id
-                     LIMIT :limit
-                    """
-                ),
-                {"payment_id": payment_id, "after": starting_after, "limit": limit + 1},
+                text(f"SELECT * FROM refunds WHERE payment_id = :payment_id AND {window} LIMIT :limit"),
+                {"payment_id": payment_id, "cursor": ending_before or starting_after, "limit": limit + 1},
             )
         ).all()
-    page = RefundList(
+    has_more = len(rows) > limit
+    rows = list(rows[:limit])
+    if ending_before is not None:
+        rows.reverse()
+    return RefundList(
         url=f"/v1/payments/{payment_id}/refunds",
-        has_more=len(rows) > limit,
-        data=[Refund(**refund_from_row(row)) for row in rows[:limit]],
+        has_more=has_more,
+        data=[Refund(**refund_from_row(row)) for row in rows],
     )
-    return json_response(200, page.model_dump(mode="json"))
 
 
 @router.get("/refunds/{refund_id}", response_model=Refund, responses=ERROR_RESPONSES, summary="Retrieve a refund")

@@ -11,7 +11,11 @@ is a new order with a new Idempotency-Key; its answer comes at the payment's fir
 (here: captured, which includes the emulator's PaymentIntent create + confirm and the ledger
 writes). Then the replay path: already-answered keys sent again, one after another.
 
-Prints achieved rate, p50/p95/p99/max latency, error count and the statuses seen.
+Requests go through `penny.client` (AsyncPennyClient), as a marketplace's service would send
+them: its retries (same Idempotency-Key, on timeouts, 409 in flight, 5xx) count in a request's
+latency and are reported.
+
+Prints achieved rate, p50/p95/p99/max latency, error count, client retries and the statuses seen.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from penny.client import AsyncPennyClient, PennyError, RetryEvent, new_idempotency_key  # noqa: E402
 from penny.db import create_engine  # noqa: E402
 from penny.keys import create_api_key  # noqa: E402
 from penny.services import free_port  # noqa: E402
@@ -50,8 +57,9 @@ class Run:
     latencies_seconds: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     errors: int = 0
+    retries: int = 0
     elapsed_seconds: float = 0.0
-    answered_keys: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    answered_keys: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
 
     def report(self) -> str:
         ordered = sorted(self.latencies_seconds)
@@ -66,65 +74,84 @@ class Run:
             f"{self.label}: {len(ordered)} answered in {self.elapsed_seconds:.1f}s ({rate:.1f}/s), "
             f"p50 {percentile(0.50):.0f} ms, p95 {percentile(0.95):.0f} ms, p99 {percentile(0.99):.0f} ms, "
             f"max {ordered[-1] * 1000:.0f} ms, mean {statistics.fmean(ordered) * 1000:.0f} ms, "
-            f"errors {self.errors}, outcomes {dict(self.statuses)}"
+            f"errors {self.errors}, client retries {self.retries}, outcomes {dict(self.statuses)}"
         )
 
 
-def payment_body() -> dict[str, object]:
+def payment_body() -> dict[str, Any]:
     return {
         "order_id": f"bench_{uuid.uuid4()}",
         "amount": 2500,
         "currency": "usd",
         "customer": f"cus_{uuid.uuid4().hex[:12]}",  # one each: the risk check reviews bursts per customer
         "payment_method": "pm_card_visa",
-        "splits": [{"account_id": "acct_bench_seller", "share_bps": 10000}],
-        "platform_fee": 1000,
+        "recipients": [{"account_id": "acct_bench_seller", "share_bps": 10000}],
+        "application_fee_bps": 1000,
     }
 
 
-async def one_payment(http: httpx.AsyncClient, run: Run, due: float, key: str, body: dict[str, object]) -> None:
+async def one_payment(penny: AsyncPennyClient, run: Run, due: float, key: str, body: dict[str, Any]) -> None:
     delay = due - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
     try:
-        response = await http.post("/v1/payments", json=body, headers={"Idempotency-Key": key})
-    except httpx.HTTPError as error:
+        payment = await penny.create_payment(**body, idempotency_key=key)
+    except PennyError as error:
         run.errors += 1
-        run.statuses[type(error).__name__] += 1
+        run.statuses[f"http_{error.status}:{error.code}" if error.status else type(error).__name__] += 1
         return
     run.latencies_seconds.append(time.perf_counter() - due)
-    if response.status_code == 200:
-        run.statuses[str(response.json()["status"])] += 1
-        run.answered_keys.append((key, body))
-    else:
-        run.errors += 1
-        code = response.json().get("error", {}).get("code", "") if response.content else ""
-        run.statuses[f"http_{response.status_code}:{code}"] += 1
+    run.statuses[payment["status"]] += 1
+    run.answered_keys.append((key, body, payment["id"]))
 
 
-async def fixed_rate(http: httpx.AsyncClient, rate: float, seconds: float) -> Run:
+def _counting(run: Run) -> Callable[[RetryEvent], None]:
+    def count(event: RetryEvent) -> None:
+        run.retries += 1
+
+    return count
+
+
+async def fixed_rate(api: ApiTarget, rate: float, seconds: float) -> Run:
     run = Run(f"POST /v1/payments at {rate:g}/s for {seconds:g}s")
     count = int(rate * seconds)
-    began = time.perf_counter()
-    await asyncio.gather(
-        *(one_payment(http, run, began + index / rate, str(uuid.uuid4()), payment_body()) for index in range(count))
-    )
-    run.elapsed_seconds = time.perf_counter() - began
+    async with api.client(_counting(run)) as penny:
+        began = time.perf_counter()
+        await asyncio.gather(
+            *(
+                one_payment(penny, run, began + index / rate, new_idempotency_key(), payment_body())
+                for index in range(count)
+            )
+        )
+        run.elapsed_seconds = time.perf_counter() - began
     return run
 
 
-async def replays(http: httpx.AsyncClient, answered: list[tuple[str, dict[str, object]]], count: int) -> Run:
+async def replays(api: ApiTarget, answered: list[tuple[str, dict[str, Any], str]], count: int) -> Run:
     run = Run(f"replay (same Idempotency-Key and body), {count} sequential")
-    began = time.perf_counter()
-    for key, body in (answered * (count // max(1, len(answered)) + 1))[:count]:
-        sent = time.perf_counter()
-        response = await http.post("/v1/payments", json=body, headers={"Idempotency-Key": key})
-        run.latencies_seconds.append(time.perf_counter() - sent)
-        replayed = response.headers.get("Idempotent-Replayed") == "true"
-        run.statuses["replayed" if replayed else f"http_{response.status_code}"] += 1
-        run.errors += 0 if replayed else 1
-    run.elapsed_seconds = time.perf_counter() - began
+    async with api.client(_counting(run)) as penny:
+        began = time.perf_counter()
+        for key, body, payment_id in (answered * (count // max(1, len(answered)) + 1))[:count]:
+            sent = time.perf_counter()
+            payment = await penny.create_payment(**body, idempotency_key=key)
+            run.latencies_seconds.append(time.perf_counter() - sent)
+            replayed = payment["id"] == payment_id
+            run.statuses["same payment" if replayed else "another payment"] += 1
+            run.errors += 0 if replayed else 1
+        run.elapsed_seconds = time.perf_counter() - began
     return run
+
+
+@dataclass
+class ApiTarget:
+    base_url: str
+    api_key: str
+
+    def client(self, on_retry: Callable[[RetryEvent], None]) -> AsyncPennyClient:
+        limits = httpx.Limits(max_connections=CONNECTIONS_MAX, max_keepalive_connections=CONNECTIONS_MAX)
+        return AsyncPennyClient(
+            self.api_key, self.base_url, timeout_seconds=REQUEST_TIMEOUT_SECONDS, on_retry=on_retry, limits=limits
+        )
 
 
 async def make_key(settings: Settings) -> str:
@@ -137,23 +164,16 @@ async def make_key(settings: Settings) -> str:
 
 
 async def measure(settings: Settings, rates: list[float], seconds: float, replay_count: int) -> None:
-    key = await make_key(settings)
-    limits = httpx.Limits(max_connections=CONNECTIONS_MAX, max_keepalive_connections=CONNECTIONS_MAX)
-    async with httpx.AsyncClient(
-        base_url=f"http://{settings.host}:{settings.api_port}",
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=REQUEST_TIMEOUT_SECONDS,
-        limits=limits,
-    ) as http:
-        warmup = await fixed_rate(http, 10, WARMUP_PAYMENTS / 10)
-        print(f"warm-up: {warmup.report()}", flush=True)
-        answered: list[tuple[str, dict[str, object]]] = []
-        for rate in rates:
-            run = await fixed_rate(http, rate, seconds)
-            answered += run.answered_keys
-            print(run.report(), flush=True)
-        if answered and replay_count:
-            print((await replays(http, answered, replay_count)).report(), flush=True)
+    api = ApiTarget(f"http://{settings.host}:{settings.api_port}", await make_key(settings))
+    warmup = await fixed_rate(api, 10, WARMUP_PAYMENTS / 10)
+    print(f"warm-up: {warmup.report()}", flush=True)
+    answered: list[tuple[str, dict[str, Any], str]] = []
+    for rate in rates:
+        run = await fixed_rate(api, rate, seconds)
+        answered += run.answered_keys
+        print(run.report(), flush=True)
+    if answered and replay_count:
+        print((await replays(api, answered, replay_count)).report(), flush=True)
 
 
 def main() -> None:

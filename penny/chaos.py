@@ -213,7 +213,7 @@ def _split(rng: random.Random, amount: int, flaky_account: str, run_tag: str, in
     cuts = sorted(rng.sample(range(1, 10_000), len(accounts) - 1)) if len(accounts) > 1 else []
     shares = [b - a for a, b in zip([0, *cuts], [*cuts, 10_000], strict=True)]
     splits.extend({"account_id": account, "share_bps": share} for account, share in zip(accounts, shares, strict=True))
-    return {"splits": splits, "platform_fee": platform_fee_bps, "tax": tax}
+    return {"recipients": splits, "application_fee_bps": platform_fee_bps, "tax_amount": tax}
 
 
 def plan_orders(rng: random.Random, orders: int, run_tag: str, flaky_account: str) -> list[OrderPlan]:

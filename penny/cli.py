@@ -561,6 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_review_commands(commands)
 
+    from penny.reconcile_cli import add_reconcile_commands
+
+    add_reconcile_commands(commands)
+
     chaos = commands.add_parser(
         "chaos", help="seeded soak: drive orders through the real stack under faults, then check the money"
     )

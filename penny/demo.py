@@ -27,6 +27,7 @@ import httpx
 from temporalio.client import Client, WorkflowHandle
 
 from api.workflow_client import start_payment
+from penny.client import AsyncPennyClient, PennyError
 from penny.settings import Settings
 from workflows.health import HealthCheckInput, HealthCheckWorkflow
 from workflows.ids import refund_id_for_request
@@ -335,34 +336,49 @@ async def _dispute_tour(client: Client, settings: Settings, order: Any) -> None:
 
 
 async def _api_tour(settings: Settings, run: str, seller: str) -> None:
-    """POST /v1/payments with an Idempotency-Key, its retry, and a request carrying a card number."""
+    """Through the API with `penny.client`: a payment, its retry under the same Idempotency-Key,
+    its unit-named split and ledger lines, the customer's payments, and a refused card number."""
     key_file = settings.data_dir / "dev_api_key"
     if not key_file.exists():
         print("  (no development API key in the data directory: skipping the API tour)")
         return
-    headers = {"Authorization": f"Bearer {key_file.read_text().strip()}", "Idempotency-Key": f"demo-{run}-api"}
-    body = {
+    order: dict[str, Any] = {
         "order_id": f"demo-{run}-api",
         "amount": 9999,
         "currency": "usd",
         "customer": f"cus_demo_{run}",
         "payment_method": "pm_card_visa",
-        "splits": [{"account_id": seller, "share_bps": 10000}],
-        "platform_fee": 1000,
+        "recipients": [{"account_id": seller, "share_bps": 10000}],
+        "application_fee_bps": 1000,
+        "tax_amount": 0,
     }
-    async with httpx.AsyncClient(base_url=api_url(settings), timeout=60.0) as http:
-        first = await http.post("/v1/payments", json=body, headers=headers)
-        again = await http.post("/v1/payments", json=body, headers=headers)
-        card = {**body, "order_id": f"demo-{run}-card", "metadata": {"note": "4242 4242 4242 4242"}}
-        refused = await http.post("/v1/payments", json=card, headers={**headers, "Idempotency-Key": f"demo-{run}-c"})
-    payment = first.json()
-    print("\n  0. Through the API (POST /v1/payments with an Idempotency-Key)")
-    print(f"    {first.status_code}: payment {payment.get('id')} {payment.get('status')}")
-    print(
-        f"    retry with the same key: {again.status_code}, Idempotent-Replayed: "
-        f"{again.headers.get('Idempotent-Replayed')}, same payment: {again.json().get('id') == payment.get('id')}"
-    )
-    print(f"    a card number in metadata: {refused.status_code} {refused.json()['error']['code']}")
+    print("\n  0. Through the API with penny.client (POST /v1/payments, one Idempotency-Key per logical call)")
+    async with AsyncPennyClient(key_file.read_text().strip(), api_url(settings)) as penny:
+        payment = await penny.create_payment(**order, idempotency_key=f"demo-{run}-api")
+        again = await penny.create_payment(**order, idempotency_key=f"demo-{run}-api")
+        split = payment["split"]
+        same = again["id"] == payment["id"]
+        print(f"    payment {payment['id']} {payment['status']}; the same key again: same payment {same}")
+        if split is not None:
+            print(
+                f"    application_fee_bps 1000 → split.application_fee_amount {split['application_fee_amount']}, "
+                f"tax_amount {split['tax_amount']}, "
+                + ", ".join(f"{part['account_id']} amount {part['amount']}" for part in split["recipients"])
+                + " (minor units)"
+            )
+        expanded = await penny.retrieve_payment(payment["id"], expand=["ledger_lines"])
+        lines = expanded.get("ledger_lines")
+        print(f"    expand[]=ledger_lines: ledger entries {[entry['id'] for entry in lines['data']] if lines else []}")
+        listed = [
+            each["id"] async for each in (await penny.list_payments(customer=order["customer"])).auto_paging_iter()
+        ]
+        print(f"    the customer's payments (auto-paginated): {listed}")
+        try:
+            await penny.create_payment(
+                **{**order, "order_id": f"demo-{run}-card", "metadata": {"note": "4242 4242 4242 4242"}}
+            )
+        except PennyError as refused:
+            print(f"    a card number in metadata: {refused.status} {refused.code} (request {refused.request_id})")
 
 
 def run_demo_sync(settings: Settings) -> None:

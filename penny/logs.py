@@ -33,9 +33,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import logging
 import re
 from collections.abc import Iterator
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
+from typing import Any
 
 CARD_DIGITS_MIN = 13
 CARD_DIGITS_MAX = 19
@@ -162,21 +166,173 @@ def scrub_card_numbers(message: str) -> str:
     return "".join(pieces)
 
 
+# ------------------------------------------------------------------------------- secrets
+
+# Secrets that must never reach a log line: Penny's API keys, Stripe secret and restricted keys,
+# webhook signing secrets (Stripe's and Penny's outbox endpoints'), and whatever follows
+# `Bearer `. Matched as whole tokens, so ids that merely contain these letters are left alone.
+SECRET_SCRUBBED = "[REDACTED-SECRET]"
+_SECRET = re.compile(
+    r"(?<![A-Za-z0-9_])(?:sk_penny_|sk_test_|sk_live_|rk_test_|rk_live_|whsec_)[A-Za-z0-9_\-]{6,}"
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"
+)
+
+
+def contains_secret(text: str) -> bool:
+    return _SECRET.search(text) is not None
+
+
+def scrub_secrets(text: str) -> str:
+    return _SECRET.sub(SECRET_SCRUBBED, text)
+
+
+def scrub(text: str) -> str:
+    """Card numbers and secrets out of `text`."""
+    return scrub_secrets(scrub_card_numbers(text))
+
+
 class CardNumberScrubber(logging.Filter):
-    """Rewrites each record's message so no Luhn-valid card number reaches a handler."""
+    """Rewrites each record's message so no Luhn-valid card number or secret reaches a handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        scrubbed = scrub_card_numbers(message)
-        if scrubbed != message:
-            record.msg = scrubbed
-            record.args = None
+        _scrub_record(record)
         return True
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def _scrub_record(record: logging.LogRecord) -> None:
+    """Scrub the record in place: its message (args merged in) and its exception text, which every
+    standard formatter then uses as it is (`exc_text` is the formatted traceback's cache)."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: keep what logging would show, scrubbed
+        message = f"{record.msg!r} {record.args!r}"
+    scrubbed = scrub(message)
+    if scrubbed != message or record.args:
+        record.msg = scrubbed
+        record.args = None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = scrub(record.exc_text)
+    if record.stack_info:
+        record.stack_info = scrub(record.stack_info)
+
+
+_BASE_FACTORY = logging.getLogRecordFactory()
+
+
+def _scrubbing_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _BASE_FACTORY(*args, **kwargs)
+    _scrub_record(record)
+    # The ids of the task that logs, taken now: a handler may format the record later, elsewhere.
+    record.penny_ids = _ambient_ids()
+    return record
+
+
+def install_record_scrubbing() -> None:
+    """Scrub every record as it is created, before any handler (ours, uvicorn's, a test
+    runner's) sees it. Idempotent."""
+    if logging.getLogRecordFactory() is not _scrubbing_factory:
+        logging.setLogRecordFactory(_scrubbing_factory)
+
+
+# ------------------------------------------------------------------------------- context
+
+# Ids a log line carries when they are known: set by the API per request (`bind_log_context`),
+# and read from Temporal's activity and workflow context in the worker.
+CONTEXT_FIELDS = ("request_id", "payment_id", "order_id", "workflow_id")
+_LOG_CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("penny_log_context", default=None)
+WORKFLOW_ID_PREFIX = "payment-"
+
+
+def bind_log_context(**ids: str | None) -> Token[dict[str, str] | None]:
+    """Add ids to this task's log context; `reset_log_context(token)` takes them off again."""
+    merged = dict(_LOG_CONTEXT.get() or {})
+    merged.update({name: value for name, value in ids.items() if value})
+    return _LOG_CONTEXT.set(merged)
+
+
+def reset_log_context(token: Token[dict[str, str] | None]) -> None:
+    _LOG_CONTEXT.reset(token)
+
+
+def _ambient_ids() -> dict[str, str]:
+    """The bound context plus, inside a Temporal activity, its workflow id."""
+    found = dict(_LOG_CONTEXT.get() or {})
+    try:
+        from temporalio import activity
+
+        if activity.in_activity() and activity.info().workflow_id:
+            found.setdefault("workflow_id", str(activity.info().workflow_id))
+    except Exception:  # outside Temporal, or an SDK without it: no ids from there
+        pass
+    return found
+
+
+def context_of(record: logging.LogRecord) -> dict[str, str]:
+    """The ids known for `record`: taken when it was made (bound context, Temporal activity), and
+    the workflow id Temporal's workflow and activity loggers attach."""
+    ids = getattr(record, "penny_ids", None)
+    found = dict(ids) if isinstance(ids, dict) else _ambient_ids()
+    for name in CONTEXT_FIELDS:  # given as `extra={"payment_id": ...}` by the line itself
+        value = getattr(record, name, None)
+        if value:
+            found[name] = str(value)
+    workflow = getattr(record, "temporal_workflow", None) or getattr(record, "temporal_activity", None)
+    if isinstance(workflow, dict) and workflow.get("workflow_id"):
+        found.setdefault("workflow_id", str(workflow["workflow_id"]))
+    workflow_id = found.get("workflow_id", "")
+    if workflow_id.startswith(WORKFLOW_ID_PREFIX):
+        found.setdefault("order_id", workflow_id.removeprefix(WORKFLOW_ID_PREFIX))
+    return {name: found[name] for name in CONTEXT_FIELDS if found.get(name)}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, the known ids, exc (if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **context_of(record),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exc"] = record.exc_text
+        return scrub(json.dumps(line, ensure_ascii=False, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines for development: time, level, logger, message, then `key=value` ids."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = context_of(record)
+        if ids:
+            first, newline, rest = line.partition("\n")
+            line = first + " [" + " ".join(f"{name}={value}" for name, value in ids.items()) + "]" + newline + rest
+        return scrub(line)
+
+
+def configure_logging(level: int = logging.INFO, *, json_lines: bool | None = None) -> None:
+    """Logging for a Penny process: records scrubbed at creation; JSON lines in production,
+    readable text in development and test (PENNY_LOG_FORMAT overrides)."""
+    if json_lines is None:
+        try:
+            from penny.settings import get_settings
+
+            json_lines = get_settings().json_logs
+        except Exception:  # settings that do not load are reported elsewhere; log readably meanwhile
+            json_lines = False
+    install_record_scrubbing()
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     handler.addFilter(CardNumberScrubber())
     root = logging.getLogger()
     root.handlers[:] = [handler]

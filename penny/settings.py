@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         "development",
         description="Deployment environment. Outside development/test, placeholder secrets are refused.",
     )
+    log_format: Literal["json", "text"] | None = Field(
+        None,
+        description="Log lines as JSON objects (one per line: ts, level, logger, message, request/payment/order/"
+        "workflow ids) or readable text. Unset: json in production, text in development and test.",
+    )
     data_dir: Path = Field(
         Path(".penny"),
         description="Where `penny dev` keeps Postgres, Temporal and emulator data and logs.",
@@ -261,11 +266,83 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body the API reads; bigger bodies get 413.",
     )
+    # Reconciliation (README "Reconciliation"): the daily Temporal Schedule and the comparison.
+    reconciliation_schedule_enabled: bool = Field(
+        True,
+        description="Whether the worker creates (or updates) the daily reconciliation Schedule at start.",
+    )
+    reconciliation_time: str = Field(
+        "03:00",
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="Time of day (HH:MM, in PENNY_RECONCILIATION_TIMEZONE) the daily reconciliation runs; it "
+        "reconciles the whole previous day.",
+    )
+    reconciliation_timezone: str = Field(
+        "UTC",
+        max_length=64,
+        description="IANA timezone of the reconciliation time and of the day a scheduled run reconciles.",
+    )
+    reconciliation_overlap_policy: Literal["skip", "buffer_one", "buffer_all", "cancel_other", "allow_all"] = Field(
+        "skip",
+        description="What the Schedule does when a run is due while the previous one still runs (Temporal "
+        "ScheduleOverlapPolicy); `skip` starts none.",
+    )
+    reconciliation_catchup_window_seconds: int = Field(
+        86_400,
+        ge=60,
+        description="How late (after Temporal or the worker was down) a missed scheduled run is still started.",
+    )
+    reconciliation_margin_seconds: int = Field(
+        3_600,
+        ge=0,
+        description="Stripe records created this long before a window's start are fetched too, so an object "
+        "created just across the boundary on one side still finds its counterpart.",
+    )
+    reconciliation_lookahead_seconds: int = Field(
+        7 * 86_400,
+        ge=0,
+        description="Stripe records created up to this long after a window's end are fetched too (transfers, "
+        "reversals and payouts of the window's payments come later).",
+    )
+    reconciliation_page_size: int = Field(
+        100, ge=1, le=100, description="Objects per Stripe list request of the reconciliation fetch."
+    )
+    reconciliation_amount_tolerance_minor: int = Field(
+        0,
+        ge=0,
+        description="Largest difference (minor units) between Stripe's and Penny's amount (payments, refunds, "
+        "transfers, payouts) still counted as matched.",
+    )
+    reconciliation_fee_tolerance_minor: int = Field(
+        0, ge=0, description="Largest difference (minor units) between Stripe's and Penny's processing fee."
+    )
+    reconciliation_settlement_late_seconds: int = Field(
+        86_400,
+        ge=0,
+        description="A charge whose funds Stripe made available this long ago and that Penny has not marked "
+        "SETTLED (or marked later than that) is `settlement_late`.",
+    )
+    reconciliation_repair_enabled: bool = Field(
+        True,
+        description="Whether a run signals the payment workflow of a PaymentIntent Stripe reports succeeded "
+        "while Penny's payment still waits for it (a missed webhook). Nothing else is repaired automatically.",
+    )
 
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("reconciliation_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown IANA timezone {value!r}") from error
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholders_outside_development(self) -> Settings:
@@ -314,6 +391,13 @@ class Settings(BaseSettings):
                 "PENNY_OUTBOX_DELIVERY_BACKOFF_MAX_SECONDS"
             )
         return self
+
+    @property
+    def json_logs(self) -> bool:
+        """PENNY_LOG_FORMAT, or by default: JSON lines in production."""
+        if self.log_format is not None:
+            return self.log_format == "json"
+        return self.env not in DEVELOPMENT_ENVIRONMENTS
 
     @property
     def webhook_loopback_allowed(self) -> bool:

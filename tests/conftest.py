@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import time
 import uuid
@@ -33,6 +34,7 @@ from temporalio.client import Client, WorkflowExecution, WorkflowHistoryEventFil
 from temporalio.testing import WorkflowEnvironment
 
 from penny.db import create_engine, migrate
+from penny.logs import contains_card_number, contains_secret, install_record_scrubbing, scrub
 from penny.services import EmbeddedPostgres, free_port, temporal_binary
 from workflows.search_attributes import ALL_SEARCH_ATTRIBUTES
 
@@ -46,6 +48,42 @@ if os.environ.get("CI"):
 
 TEMPLATE_DATABASE = "penny_template"
 _database_numbers = itertools.count(1)
+LOG_LEAKS_SHOWN_MAX = 5
+
+
+class _LogWatch(logging.Handler):
+    """Sees every log record of the session at INFO and above (every logger, every handler's
+    view: records are scrubbed when they are made) and keeps the ones that still hold a card
+    number or a secret."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen = 0
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen += 1
+        text = record.getMessage() + "\n" + (record.exc_text or "") + "\n" + (record.stack_info or "")
+        if contains_card_number(text) or contains_secret(text):
+            self.leaks.append(f"{record.name}: {text[:200]!r}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_card_number_or_secret_in_any_log_line() -> Iterator[None]:
+    """The session-wide check of README "Tests": after the last test, no log line of the session
+    (any logger, INFO and above, exceptions included) holds a card number or a secret."""
+    install_record_scrubbing()
+    watch = _LogWatch()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(watch)
+    root.setLevel(min(previous or logging.WARNING, logging.INFO))
+    yield
+    root.removeHandler(watch)
+    root.setLevel(previous)
+    # The leaked text itself is never printed: only the logger and a scrubbed excerpt.
+    shown = [scrub(leak) for leak in watch.leaks[:LOG_LEAKS_SHOWN_MAX]]
+    assert not watch.leaks, f"{len(watch.leaks)} of {watch.seen} log lines hold a card number or a secret: {shown}"
 
 
 @pytest.fixture(scope="session")

@@ -145,32 +145,46 @@ LIMIT_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"metadata": {"k" * 41: "v"}}, "metadata[" + "k" * 41 + "]", "parameter_invalid"),
     ({"metadata": {"k": "v" * 501}}, "metadata[k]", "parameter_invalid"),
     ({"metadata": {"k": 5}}, "metadata[k]", "parameter_invalid"),
-    ({"splits": []}, "splits", "parameter_invalid"),
+    ({"metadata": {"a[b]": "v"}}, "metadata[a[b]]", "parameter_invalid"),
+    ({"metadata": {"": "v"}}, "metadata[]", "parameter_invalid"),
+    ({"recipients": []}, "recipients", "parameter_invalid"),
     (
-        {"splits": [{"account_id": f"acct_{i}", "amount": 1} for i in range(SPLITS_MAX + 1)]},
-        "splits",
+        {"recipients": [{"account_id": f"acct_{i}", "amount": 1} for i in range(SPLITS_MAX + 1)]},
+        "recipients",
         "parameter_invalid",
     ),
-    ({"splits": [{"account_id": "acct_1", "share_bps": -1}]}, "splits[0][share_bps]", "parameter_invalid"),
-    ({"splits": [{"account_id": "acct_1", "share_bps": 10001}]}, "splits[0][share_bps]", "parameter_invalid"),
+    ({"recipients": [{"account_id": "acct_1", "share_bps": -1}]}, "recipients[0][share_bps]", "parameter_invalid"),
+    ({"recipients": [{"account_id": "acct_1", "share_bps": 10001}]}, "recipients[0][share_bps]", "parameter_invalid"),
     (
-        {"splits": [{"account_id": "acct_1", "share_bps": 6000}, {"account_id": "acct_2", "share_bps": 6000}]},
-        "splits",
+        {"recipients": [{"account_id": "acct_1", "share_bps": 6000}, {"account_id": "acct_2", "share_bps": 6000}]},
+        "recipients",
         "parameter_invalid",
     ),
-    ({"splits": [{"account_id": "acct_1", "share_bps": 5000}]}, "splits", "parameter_invalid"),
-    ({"splits": [{"account_id": "acct_1", "share_bps": 5000, "amount": 5}]}, "splits[0]", "parameter_invalid"),
+    ({"recipients": [{"account_id": "acct_1", "share_bps": 5000}]}, "recipients", "parameter_invalid"),
     (
-        {"splits": [{"account_id": "acct_1", "share_bps": 5000}, {"account_id": "acct_1", "share_bps": 5000}]},
-        "splits",
+        {"recipients": [{"account_id": "acct_1", "share_bps": 5000, "amount": 5}]},
+        "recipients[0][amount]",
+        "parameter_ambiguous",
+    ),
+    ({"recipients": [{"account_id": "acct_1"}]}, "recipients[0][amount]", "parameter_missing_one_of"),
+    (
+        {"recipients": [{"account_id": "acct_1", "share_bps": 5000}, {"account_id": "acct_1", "share_bps": 5000}]},
+        "recipients",
         "parameter_invalid",
     ),
-    ({"splits": [{"account_id": "bob", "share_bps": 10000}]}, "splits[0][account_id]", "parameter_invalid"),
-    ({"splits": [{"account_id": "acct_1", "amount": 20000}]}, "splits", "parameter_invalid"),
-    ({"platform_fee": -1}, "platform_fee", "parameter_invalid"),
-    ({"platform_fee": 10001}, "platform_fee", "parameter_invalid"),
-    ({"tax": -1}, "tax", "parameter_invalid"),
-    ({"tax": 10001}, "tax", "parameter_invalid"),
+    ({"recipients": [{"account_id": "bob", "share_bps": 10000}]}, "recipients[0][account_id]", "parameter_invalid"),
+    ({"recipients": [{"account_id": "acct_1", "amount": 20000}]}, "recipients", "parameter_invalid"),
+    ({"recipients": [{"account_id": "acct_1", "amount": 0}]}, "recipients[0][amount]", "parameter_invalid"),
+    ({"application_fee_bps": -1}, "application_fee_bps", "parameter_invalid"),
+    ({"application_fee_bps": 10001}, "application_fee_bps", "parameter_invalid"),
+    ({"application_fee_bps": 12.5}, "application_fee_bps", "parameter_invalid_integer"),
+    ({"tax_amount": -1}, "tax_amount", "parameter_invalid"),
+    ({"tax_amount": 10001}, "tax_amount", "parameter_invalid"),
+    ({"tax_amount": 1.5}, "tax_amount", "parameter_invalid_integer"),
+    # Renamed before the first release: a 400 naming the old parameter and its replacement.
+    ({"platform_fee": 1000}, "platform_fee", "parameter_renamed"),
+    ({"tax": 0}, "tax", "parameter_renamed"),
+    ({"splits": [{"account_id": "acct_1", "share_bps": 10000}]}, "splits", "parameter_renamed"),
     ({"unknown_field": 1}, "unknown_field", "parameter_unknown"),
     ({"description": "nul \x00 byte"}, "description", "parameter_invalid"),
     ({"metadata": {"k": "nul \x00"}}, "metadata[k]", "parameter_invalid"),
@@ -186,6 +200,66 @@ async def test_every_limit_is_enforced_with_its_param(
     error = error_of(response)
     assert (error["param"], error["code"]) == (param, code), error
     assert error["type"] == "invalid_request_error"
+
+
+RENAMED = [
+    (
+        "platform_fee",
+        499,
+        "platform_fee was replaced by application_fee_bps: the platform fee's rate, in basis "
+        "points of amount net of tax_amount (1000 is 10 %).",
+    ),
+    ("tax", 100, "tax was replaced by tax_amount: tax in minor units, included in amount."),
+    (
+        "splits",
+        [],
+        "splits was replaced by recipients: the recipients, each with amount (minor units) or "
+        "share_bps (basis points).",
+    ),
+]
+
+
+@pytest.mark.parametrize(("old", "value", "message"), RENAMED)
+async def test_an_old_field_name_says_what_replaced_it(
+    http: httpx.AsyncClient, merchant: str, old: str, value: object, message: str
+) -> None:
+    # The case: `platform_fee: 499` on 4999 was read as 4.99 % (249), not as 4.99 USD.
+    body = payment_body(amount=4999)
+    del body["application_fee_bps"]
+    response = await _post(http, merchant, {**body, old: value})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert (error["type"], error["code"], error["param"], error["message"]) == (
+        "invalid_request_error",
+        "parameter_renamed",
+        old,
+        message,
+    )
+
+
+async def test_a_fee_in_minor_units_is_refused_never_read_as_a_rate(http: httpx.AsyncClient, merchant: str) -> None:
+    body = payment_body(amount=4999)
+    del body["application_fee_bps"]
+    alone = error_of(await _post(http, merchant, {**body, "application_fee_amount": 499}, "k-fee-1"))
+    assert (alone["code"], alone["param"]) == ("parameter_unsupported", "application_fee_amount")
+    assert "application_fee_bps" in alone["message"]
+    both = error_of(
+        await _post(http, merchant, {**body, "application_fee_amount": 499, "application_fee_bps": 998}, "k-fee-2")
+    )
+    assert (both["code"], both["param"]) == ("parameter_ambiguous", "application_fee_amount")
+
+
+async def test_a_rate_out_of_the_basis_point_range_says_its_unit(http: httpx.AsyncClient, merchant: str) -> None:
+    # 20000 looks like an amount (200.00) given as a rate: refused with the unit spelled out.
+    error = error_of(await _post(http, merchant, payment_body(application_fee_bps=20000)))
+    assert (error["code"], error["param"]) == ("parameter_invalid", "application_fee_bps")
+    assert "basis points, 0 to 10000" in error["message"]
+    share = payment_body(recipients=[{"account_id": "acct_1", "share_bps": 25000}])
+    error = error_of(await _post(http, merchant, share, "k-share"))
+    assert (error["code"], error["param"]) == ("parameter_invalid", "recipients[0][share_bps]")
+    assert "for a fixed sum give amount (minor units)" in error["message"]
+    tax = error_of(await _post(http, merchant, payment_body(amount=5000, tax_amount=5001), "k-tax"))
+    assert (tax["code"], tax["param"]) == ("parameter_invalid", "tax_amount")
 
 
 async def test_missing_param_is_named(http: httpx.AsyncClient, merchant: str) -> None:
@@ -280,7 +354,7 @@ def _pan_cases() -> list[tuple[str, str, Any]]:
             (
                 f"split role {pan!r}",
                 "body",
-                payment_body(splits=[{"account_id": "acct_1", "share_bps": 10000, "role": pan}]),
+                payment_body(recipients=[{"account_id": "acct_1", "share_bps": 10000, "role": pan}]),
             ),
         ]
     cases += [
@@ -363,3 +437,32 @@ async def test_openapi_documents_errors_and_the_idempotency_header(http: httpx.A
     assert header["required"] and header["schema"]["maxLength"] == 255
     assert "HTTPValidationError" not in document["components"]["schemas"]
     assert document["components"]["securitySchemes"]
+
+
+async def test_openapi_shows_examples_and_every_error_response(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/openapi.json")).json()
+    for path, operations in document["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            for status in ("400", "401", "403", "404", "500", "503"):
+                example = operation["responses"][status]["content"]["application/json"]["example"]["error"]
+                assert example["doc_url"] == f"README.md#error-{example['code']}", (path, method, status)
+            if method == "post":
+                assert {"409", "422"} <= set(operation["responses"]), (path, method)
+    schemas = document["components"]["schemas"]
+    create_examples = schemas["PaymentCreate"]["examples"]
+    assert all({"application_fee_bps", "recipients"} <= set(example) for example in create_examples)
+    assert not any({"platform_fee", "tax", "splits"} & set(example) for example in create_examples)
+    assert schemas["Payment"]["examples"][0]["split"]["application_fee_amount"] == 1000
+    assert set(schemas["SplitOut"]["properties"]) == {
+        "amount",
+        "currency",
+        "application_fee_amount",
+        "tax_amount",
+        "recipients",
+    }
+    assert set(schemas["ErrorDetail"]["properties"]) == {"type", "code", "message", "param", "doc_url"}
+    retrieve = document["paths"]["/v1/payments/{payment_id}"]["get"]
+    names = {parameter["name"] for parameter in retrieve["parameters"]}
+    assert {"expand[]", "Penny-Version"} <= names

@@ -53,6 +53,12 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/webhook_endpoints/{endpoint_id}/deliveries"): OPS,
     ("GET", "/v1/webhook_deliveries/{delivery_id}"): OPS,
     ("POST", "/v1/webhook_deliveries/{delivery_id}/redeliver"): OPS,
+    ("POST", "/v1/reconciliation/runs"): OPS,
+    ("GET", "/v1/reconciliation/runs"): OPS,
+    ("GET", "/v1/reconciliation/runs/{run_id}"): OPS,
+    ("GET", "/v1/reconciliation/runs/{run_id}/items"): OPS,
+    ("GET", "/v1/reconciliation/runs/{run_id}/items.csv"): OPS,
+    ("GET", "/v1/reconciliation/runs/{run_id}/report"): OPS,
 }
 # Path parameters that pass validation and name nothing that exists.
 PATH_VALUES = {
@@ -62,6 +68,7 @@ PATH_VALUES = {
     "review_id": "rev_999999999",
     "endpoint_id": "we_" + "q" * 24,
     "delivery_id": "wd_" + "q" * 24,
+    "run_id": "recon_" + "q" * 24,
 }
 # Bodies valid for the routes that need one, so an allowed role gets past validation.
 BODIES = {
@@ -130,6 +137,7 @@ async def test_every_v1_route_refuses_the_roles_that_must_not_call_it(
                     "code": "insufficient_role",
                     "message": "",
                     "param": None,
+                    "doc_url": "README.md#error-insufficient_role",
                 }
 
 

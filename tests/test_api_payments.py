@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
+from api.edge import API_VERSION
 from penny.services import EmbeddedPostgres, postgres_bin_dir
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
 from tests.test_api_support import PAN_FORMS, PAN_VISA, api_client, auth, error_of, new_key, payment_body
@@ -74,7 +75,9 @@ async def test_create_answers_at_the_first_milestone(
     assert (payment["amount"], payment["currency"], payment["order_id"]) == (9999, "USD", body["order_id"])
     assert payment["amount_captured"] == 9999
     assert payment["metadata"] == {"cart": "c_1"}
-    assert payment["split"]["platform_fee"] == 1000 and payment["split"]["parts"][0]["amount"] == 8999
+    split = payment["split"]
+    assert (split["amount"], split["application_fee_amount"], split["tax_amount"]) == (9999, 1000, 0)
+    assert split["recipients"][0]["amount"] == 8999
     assert response.headers["Idempotent-Replayed"] == "false"
     assert response.headers["Request-Id"].startswith("req_")
     fetched = await http.get(f"/v1/payments/{payment['id']}", headers=auth(merchant))
@@ -331,3 +334,130 @@ async def test_a_card_number_reaches_no_log_and_no_database_row(
         assert pan not in dump
         assert pan not in logged
     assert PAN_VISA not in dump
+
+
+# ----------------------------------------------------------------------------- unit-named fields
+
+
+async def test_fee_tax_and_every_recipient_round_trip_exactly_to_the_ledger(
+    http: httpx.AsyncClient, merchant: str
+) -> None:
+    """request (application_fee_bps, tax_amount, recipients' amount / share_bps) → response
+    (split.application_fee_amount, tax_amount, recipients' amount, all minor units) → ledger."""
+    run = uuid.uuid4().hex[:8]
+    driver, seller_a, seller_b = f"acct_driver_{run}", f"acct_a_{run}", f"acct_b_{run}"
+    body = payment_body(
+        amount=10000,
+        application_fee_bps=1250,
+        tax_amount=800,
+        recipients=[
+            {"account_id": driver, "amount": 1500, "role": "driver"},
+            {"account_id": seller_a, "share_bps": 6000},
+            {"account_id": seller_b, "share_bps": 4000},
+        ],
+    )
+    response = await create(http, merchant, body)
+    assert response.status_code == 200, response.text
+    # Net of tax 9200; fee 12.5 % of it = 1150; 8050 left: 1500 fixed, then 6550 as 60/40.
+    expected_split = {
+        "amount": 10000,
+        "currency": "USD",
+        "application_fee_amount": 1150,
+        "tax_amount": 800,
+        "recipients": [
+            {"account_id": driver, "amount": 1500, "role": "driver"},
+            {"account_id": seller_a, "amount": 3930, "role": "seller"},
+            {"account_id": seller_b, "amount": 2620, "role": "seller"},
+        ],
+    }
+    payment = response.json()
+    assert payment["split"] == expected_split
+    fetched = await http.get(f"/v1/payments/{payment['id']}?expand[]=ledger_lines", headers=auth(merchant))
+    assert fetched.json()["split"] == expected_split
+    [capture] = [
+        entry
+        for entry in fetched.json()["ledger_lines"]["data"]
+        if any(posting["account"] == "platform:fees:usd" for posting in entry["postings"])
+    ]
+    assert {posting["account"]: posting["amount"] for posting in capture["postings"]} == {
+        "stripe:pending:usd": 10000,
+        "platform:fees:usd": -1150,
+        "tax:payable:usd": -800,
+        f"seller:{driver}:payable:usd": -1500,
+        f"seller:{seller_a}:payable:usd": -3930,
+        f"seller:{seller_b}:payable:usd": -2620,
+    }
+
+
+async def test_expand_events_refunds_and_ledger_lines(http: httpx.AsyncClient, merchant: str) -> None:
+    payment = (await create(http, merchant, payment_body(amount=9999))).json()
+    plain = (await http.get(f"/v1/payments/{payment['id']}", headers=auth(merchant))).json()
+    assert not {"events", "refunds", "ledger_lines"} & set(plain)
+    query = "expand[]=events&expand[]=refunds&expand[]=ledger_lines"
+    expanded = (await http.get(f"/v1/payments/{payment['id']}?{query}", headers=auth(merchant))).json()
+    assert (
+        expanded["events"]["object"] == "list" and expanded["events"]["url"] == f"/v1/payments/{payment['id']}/events"
+    )
+    assert [event["to_status"] for event in expanded["events"]["data"]][-1] == "CAPTURED"
+    assert expanded["refunds"] == {
+        "object": "list",
+        "url": f"/v1/payments/{payment['id']}/refunds",
+        "has_more": False,
+        "data": [],
+    }
+    assert all(entry["object"] == "ledger_entry" and entry["created"] > 0 for entry in expanded["ledger_lines"]["data"])
+    wrong = await http.get(f"/v1/payments/{payment['id']}?expand[]=customer", headers=auth(merchant))
+    assert wrong.status_code == 400
+    assert (error_of(wrong)["code"], error_of(wrong)["param"]) == ("parameter_invalid", "expand[0]")
+
+
+async def test_ending_before_pages_back_and_cursors_are_exclusive(http: httpx.AsyncClient, merchant: str) -> None:
+    customer = f"cus_{uuid.uuid4().hex[:8]}"
+    created = [(await create(http, merchant, payment_body(customer=customer))).json()["id"] for _ in range(3)]
+    newest_first = list(reversed(created))
+    last_page = (
+        await http.get(
+            f"/v1/payments?customer={customer}&limit=1&starting_after={newest_first[1]}", headers=auth(merchant)
+        )
+    ).json()
+    assert [p["id"] for p in last_page["data"]] == [newest_first[2]] and not last_page["has_more"]
+    back = (
+        await http.get(
+            f"/v1/payments?customer={customer}&limit=2&ending_before={newest_first[2]}", headers=auth(merchant)
+        )
+    ).json()
+    assert [p["id"] for p in back["data"]] == newest_first[:2] and not back["has_more"]
+    back_one = (
+        await http.get(
+            f"/v1/payments?customer={customer}&limit=1&ending_before={newest_first[2]}", headers=auth(merchant)
+        )
+    ).json()
+    assert [p["id"] for p in back_one["data"]] == [newest_first[1]] and back_one["has_more"]
+    both = await http.get(
+        f"/v1/payments?starting_after={created[0]}&ending_before={created[1]}", headers=auth(merchant)
+    )
+    assert both.status_code == 400 and error_of(both)["code"] == "parameters_exclusive"
+    events = (await http.get(f"/v1/payments/{created[0]}/events", headers=auth(merchant))).json()["data"]
+    before_last = (
+        await http.get(
+            f"/v1/payments/{created[0]}/events?limit=1&ending_before={events[-1]['id']}", headers=auth(merchant)
+        )
+    ).json()
+    assert [event["id"] for event in before_last["data"]] == [events[-2]["id"]] and before_last["has_more"]
+
+
+async def test_penny_version_is_echoed_and_recorded_with_the_request_id(
+    http: httpx.AsyncClient, merchant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="penny.api")
+    default = await http.get("/v1/payments?limit=1", headers=auth(merchant))
+    assert default.headers["Penny-Version"] == API_VERSION
+    pinned = await http.get("/v1/payments?limit=1", headers={**auth(merchant), "Penny-Version": API_VERSION})
+    assert pinned.status_code == 200 and pinned.headers["Penny-Version"] == API_VERSION
+    request_id = pinned.headers["Request-Id"]
+    [line] = [record.getMessage() for record in caplog.records if request_id in record.getMessage()]
+    assert line.startswith(f"{request_id} GET /v1/payments 200 ") and line.endswith(f"penny_version={API_VERSION}")
+    unknown = await http.get("/v1/payments", headers={**auth(merchant), "Penny-Version": "2019-01-01"})
+    assert unknown.status_code == 400
+    assert (error_of(unknown)["code"], error_of(unknown)["param"]) == ("api_version_invalid", "Penny-Version")
+    assert unknown.headers["Request-Id"].startswith("req_")

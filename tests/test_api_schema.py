@@ -207,7 +207,7 @@ def valid_payment_bodies(draw: st.DrawFn, currencies: list[str]) -> dict[str, An
     fixed = [{"amount": part} for part in _partition(draw, fixed_total, fixed_count, 1)] if fixed_count else []
     shares = [{"share_bps": part} for part in _partition(draw, BASIS_POINTS_MAX, share_count, 0)] if share_count else []
     kinds = draw(st.permutations([*fixed, *shares]))
-    splits = [
+    recipients = [
         {"account_id": account, **kind, **draw(st.fixed_dictionaries({}, optional={"role": st.sampled_from(ROLES)}))}
         for account, kind in zip(accounts, kinds, strict=True)
     ]
@@ -216,7 +216,7 @@ def valid_payment_bodies(draw: st.DrawFn, currencies: list[str]) -> dict[str, An
         "currency": currency,
         "customer": draw(_identifier("cus_", CUSTOMER_LENGTH_MAX)),
         "payment_method": draw(st.sampled_from(SUCCEEDING_PAYMENT_METHODS)),
-        "splits": splits,
+        "recipients": recipients,
     }
     optional = st.fixed_dictionaries(
         {},
@@ -231,9 +231,9 @@ def valid_payment_bodies(draw: st.DrawFn, currencies: list[str]) -> dict[str, An
     body.update(draw(optional))
     # An omitted fee or tax means 0: both are sent when they are not 0, and sometimes when they are.
     if platform_fee_bps or draw(st.booleans()):
-        body["platform_fee"] = platform_fee_bps
+        body["application_fee_bps"] = platform_fee_bps
     if tax or draw(st.booleans()):
-        body["tax"] = tax
+        body["tax_amount"] = tax
     return body
 
 
@@ -257,14 +257,23 @@ def _check_payment(body: dict[str, Any], payment: dict[str, Any]) -> None:
     assert payment["amount_refunded"] == 0 and payment["failure_code"] is None
     assert payment["metadata"] == body.get("metadata", {})
     split = payment["split"]
-    assert (split["total"], split["currency"], split["tax"]) == (amount, body["currency"].upper(), body.get("tax", 0))
-    parts = split["parts"]
-    assert [part["account_id"] for part in parts] == [recipient["account_id"] for recipient in body["splits"]]
-    assert [part["role"] for part in parts] == [recipient.get("role", "seller") for recipient in body["splits"]]
-    for part, recipient in zip(parts, body["splits"], strict=True):
+    expected = (amount, body["currency"].upper(), body.get("tax_amount", 0))
+    assert (split["amount"], split["currency"], split["tax_amount"]) == expected
+    parts = split["recipients"]
+    assert [part["account_id"] for part in parts] == [recipient["account_id"] for recipient in body["recipients"]]
+    assert [part["role"] for part in parts] == [recipient.get("role", "seller") for recipient in body["recipients"]]
+    for part, recipient in zip(parts, body["recipients"], strict=True):
         if "amount" in recipient:
             assert part["amount"] == recipient["amount"]
-    assert split["platform_fee"] + split["tax"] + sum(part["amount"] for part in parts) == amount
+    fee = compute_split(
+        amount,
+        body["currency"].upper(),
+        platform_fee_bps=body.get("application_fee_bps", 0),
+        tax_amount=body.get("tax_amount", 0),
+        recipients=[SplitRecipient("acct_rest", share_bps=BASIS_POINTS_MAX)],
+    ).platform_fee
+    assert split["application_fee_amount"] == fee
+    assert split["application_fee_amount"] + split["tax_amount"] + sum(part["amount"] for part in parts) == amount
 
 
 def _pay(operations: Any, base_url: str, api_key: str, currencies: list[str], paid: list[str]) -> None:

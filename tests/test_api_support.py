@@ -53,8 +53,8 @@ def payment_body(**overrides: Any) -> dict[str, Any]:
         "currency": "usd",
         "customer": f"cus_{uuid.uuid4().hex[:10]}",
         "payment_method": "pm_card_visa",
-        "splits": [{"account_id": f"acct_{uuid.uuid4().hex[:10]}", "share_bps": 10000}],
-        "platform_fee": 1000,
+        "recipients": [{"account_id": f"acct_{uuid.uuid4().hex[:10]}", "share_bps": 10000}],
+        "application_fee_bps": 1000,
         "metadata": {"cart": "c_1"},
     }
     body.update(overrides)
@@ -64,7 +64,8 @@ def payment_body(**overrides: Any) -> dict[str, Any]:
 def error_of(response: httpx.Response) -> dict[str, Any]:
     payload = response.json()
     assert set(payload) == {"error"}, payload
-    assert set(payload["error"]) == {"type", "code", "message", "param"}, payload
+    assert set(payload["error"]) == {"type", "code", "message", "param", "doc_url"}, payload
+    assert payload["error"]["doc_url"] == f"README.md#error-{payload['error']['code']}", payload
     return payload["error"]  # type: ignore[no-any-return]
 
 

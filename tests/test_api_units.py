@@ -35,7 +35,7 @@ def test_non_card_numbers_pass(text: str) -> None:
         ({"metadata": {"4242424242424242": "x"}}, "metadata"),
         ({"amount": 4242424242424242}, "amount"),
         ({"amount": 4242424242424242.0}, "amount"),
-        ({"splits": [{"account_id": "acct_1", "role": "4242-4242-4242-4242"}]}, "splits[0][role]"),
+        ({"recipients": [{"account_id": "acct_1", "role": "4242-4242-4242-4242"}]}, "recipients[0][role]"),
         ({"card_number": "x"}, "card_number"),
         ({"metadata": {"CVC": "123"}}, "metadata[CVC]"),
         ({"exp_month": 12}, "exp_month"),
@@ -94,12 +94,12 @@ def test_fingerprint_is_canonical() -> None:
 
 def test_mismatched_parameters_are_named() -> None:
     stored = parameter_fingerprints({"amount": 10000, "currency": "usd", "metadata": {"a": "1"}})
-    current = parameter_fingerprints({"amount": 20000, "currency": "usd", "tax": 5})
-    assert mismatched_parameters(stored, current) == ["amount", "metadata", "tax"]
+    current = parameter_fingerprints({"amount": 20000, "currency": "usd", "tax_amount": 5})
+    assert mismatched_parameters(stored, current) == ["amount", "metadata", "tax_amount"]
 
 
 def test_stripe_param_notation() -> None:
-    assert stripe_param(("body", "splits", 0, "share_bps")) == "splits[0][share_bps]"
+    assert stripe_param(("body", "recipients", 0, "share_bps")) == "recipients[0][share_bps]"
     assert stripe_param(("query", "limit")) == "limit"
     assert stripe_param(("body",)) is None
 
@@ -143,3 +143,25 @@ def test_processor_bodies_are_not_screened_but_merchant_bodies_are() -> None:
     # The path and query string of a processor request are still screened.
     with pytest.raises(card_data.CardDataFound):
         edge._check_card_data({"path": "/webhooks/stripe", "query_string": b"n=4242424242424242", "headers": []}, b"")
+
+
+def test_every_error_code_is_documented_in_the_readme_and_found_in_the_code() -> None:
+    """doc_url points at `README.md#error-<code>`: each code the API answers has its anchor, and
+    each documented code is still answered somewhere (api/ literals, or the workflow's refusals)."""
+    import re
+    from pathlib import Path
+
+    from api.errors import ERROR_CODES, doc_url
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    for code in ERROR_CODES:
+        assert f'<a id="error-{code}"></a>' in readme, code
+        assert doc_url(code) == f"README.md#error-{code}"
+    assert doc_url("not_a_code") == "README.md#errors" and '<a id="errors"></a>' in readme
+    sources = "\n".join(path.read_text() for path in [*(root / "api").glob("*.py"), *(root / "workflows").glob("*.py")])
+    answered = set(re.findall(r'invalid_request\(\s*"([a-z_]+)"', sources))
+    answered |= set(re.findall(r'ApiError\(\s*[^,]+,\s*"[a-z_]+",\s*"([a-z_]+)"', sources))
+    assert answered <= set(ERROR_CODES), answered - set(ERROR_CODES)
+    for code in ERROR_CODES:
+        assert f'"{code}"' in sources, code

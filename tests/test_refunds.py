@@ -292,6 +292,7 @@ async def test_refund_api_creates_replays_lists_and_refuses_in_stripe_shape(
         "code": "amount_too_large",
         "message": "",
         "param": "amount",
+        "doc_url": "README.md#error-amount_too_large",
     }
     wrong_type = await http.post(path, json={"amount": "12.50"}, headers=auth(merchant, uuid.uuid4().hex))
     assert (wrong_type.status_code, error_of(wrong_type)["param"]) == (400, "amount")
@@ -309,9 +310,9 @@ async def test_refund_api_creates_replays_lists_and_refuses_in_stripe_shape(
         "duplicate",
     )
     assert refund_out["parts"] == {
-        "platform_fee_amount": 250,
+        "application_fee_amount": 250,
         "tax_amount": 0,
-        "recipients": [{"account_id": payment["split"]["parts"][0]["account_id"], "amount": 2250}],
+        "recipients": [{"account_id": payment["split"]["recipients"][0]["account_id"], "amount": 2250}],
     }
     again = await http.post(path, json={"amount": 2500, "reason": "duplicate"}, headers=auth(merchant, key))
     assert (again.status_code, again.headers["Idempotent-Replayed"], again.json()["id"]) == (

@@ -81,7 +81,15 @@ def test_payload_parsing_keeps_what_postgres_can_store() -> None:
     signal = build_signal(event)
     assert (signal.event_id, signal.object_type, signal.status, signal.amount) == ("evt_2", "dispute", "won", 100)
     assert signal.data == {"charge": "ch_1", "payment_intent": "pi_1"}
-    for bad in (b"[]", b'{"type":"x"}', b'{"id":"evt_3"}', b"\xff", b'{"id":"e","type":"t","x":"\\u0000"}'):
+    for bad in (
+        b"[]",
+        b'{"type":"x"}',
+        b'{"id":"evt_3"}',
+        b"\xff",
+        b'{"id":"e","type":"t","x":"\\u0000"}',
+        b'{"id":"e","type":"t","x":Infinity}',
+        b'{"id":"e","type":"t","x":NaN}',
+    ):
         try:
             parse_event(bad)
         except PayloadInvalid:
