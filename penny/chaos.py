@@ -6,9 +6,9 @@ Two phases, as in Jepsen's bank test and TigerBeetle's VOPR:
    and manual capture (some partial, some canceled, some left to expire), 1–3 recipients with
    shares and fixed amounts, tax, declines, 3-D Secure completed and abandoned, disputes won
    and lost (closed through the emulator's control API), requests carrying a card number
-   (which must be refused), and the same order sent again under a new key. Clients behave
-   like real ones: on a timeout, a dropped connection or a 5xx they retry with the same
-   Idempotency-Key. Meanwhile, from the seed: emulator faults on every Stripe call Penny makes
+   (which must be refused), and the same order sent again under a new key. Clients are
+   `penny.client`, as a marketplace's backend would use it: on a timeout, a dropped connection
+   or a 5xx they retry with the same Idempotency-Key. Meanwhile, from the seed: emulator faults on every Stripe call Penny makes
    (500 before and after commit, timeout after commit, 429, latency), one connected account
    whose transfers fail for the first part of the run, webhook duplicates, delays, reordering
    and drops, the worker SIGKILLed several times, the API killed, a second worker for part of
@@ -39,15 +39,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from penny.chaos_checks import ClientRecord, InvariantResult, check_invariants, format_report
 from penny.chaos_subscriber import OutboxSubscription, Subscriber
+from penny.client import RETRYABLE_CONFLICT_CODES, AsyncPennyClient, PennyError, RetryEvent, RetryPolicy
 from penny.services import ServiceError
 from penny.settings import Settings
 from stripe_emulator.control import EmulatorControlError
@@ -81,10 +80,11 @@ CHAOS_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS = 30
 # Clients: what a careful merchant backend does.
 CLIENT_TIMEOUT_SECONDS = 40.0
 CLIENT_ATTEMPTS_MAX = 14
-# Refunds are not interactive: a merchant's refund job keeps retrying with the same key for longer
-# (after a worker is SIGKILLed on 2 cores, the restarted worker replays every open payment and
-# the API answers 503 for minutes: seeds 13 and 14 at 2000 orders saw about 5 minutes).
-CLIENT_REFUND_ATTEMPTS_MAX = 40
+# Refunds are not interactive: a merchant's refund job sends a refund again with the same key when
+# the client's own retries are spent on "still running" (409), no answer or 5xx (after a worker is
+# SIGKILLed on 2 cores, the restarted worker replays every open payment and the API answers 503
+# for minutes: seeds 13 and 14 at 2000 orders saw about 5 minutes).
+CLIENT_REFUND_ROUNDS_MAX = 5
 CLIENT_BACKOFF_INITIAL_SECONDS = 0.5
 CLIENT_BACKOFF_MAX_SECONDS = 8.0
 # How long a client follows one order (waiting for 3-D Secure, a dispute, an authorisation).
@@ -307,70 +307,94 @@ class ChaosState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What one logical call came to: the status and body a merchant's code would look at."""
+
+    status_code: int
+    payload: dict[str, Any]
+
+    @property
+    def error(self) -> dict[str, Any]:
+        return dict(self.payload.get("error") or {})
+
+    @property
+    def text(self) -> str:
+        return json.dumps(self.payload)[:300]
+
+
 class Client:
+    """The soak's merchant backend: `penny.client` (the typed client a marketplace would use), so
+    every call keeps one Idempotency-Key across its retries (timeouts, dropped connections, 5xx,
+    429 and the 409s that mean "still running"), bounded by CLIENT_ATTEMPTS_MAX."""
+
     def __init__(self, api_url: str, api_key: str, state: ChaosState) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=api_url,
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=CLIENT_TIMEOUT_SECONDS,
-        )
         self._state = state
+        self._penny = AsyncPennyClient(
+            api_key,
+            api_url,
+            timeout_seconds=CLIENT_TIMEOUT_SECONDS,
+            retry_policy=RetryPolicy(
+                retries_max=CLIENT_ATTEMPTS_MAX - 1,
+                backoff_initial_seconds=CLIENT_BACKOFF_INITIAL_SECONDS,
+                backoff_max_seconds=CLIENT_BACKOFF_MAX_SECONDS,
+            ),
+            on_retry=self._count_retry,
+        )
+
+    def _count_retry(self, event: RetryEvent) -> None:
+        with self._state.lock:
+            self._state.client_retries += 1
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._penny.aclose()
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        key: str | None = None,
-        body: Any = None,
-        attempts_max: int = CLIENT_ATTEMPTS_MAX,
-    ) -> httpx.Response:
-        """One logical request; retried with the same Idempotency-Key on a timeout, a dropped connection or 5xx."""
-        headers = {"Idempotency-Key": key} if key else {}
-        delay = CLIENT_BACKOFF_INITIAL_SECONDS
-        for attempt in range(1, attempts_max + 1):
-            try:
-                response = await self._http.request(method, path, json=body, headers=headers)
-            except httpx.TransportError:
-                response = None
-            if response is not None and response.status_code < 500 and response.status_code != 409:
-                return response
-            if attempt == attempts_max:
-                if response is not None:
-                    return response
-                raise RuntimeError(f"{method} {path}: no answer after {attempts_max} attempts")
-            with self._state.lock:
-                self._state.client_retries += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, CLIENT_BACKOFF_MAX_SECONDS)
-        raise AssertionError("unreachable")
+    @staticmethod
+    async def _answer(call: Awaitable[Any]) -> Answer:
+        try:
+            return Answer(200, dict(await call))
+        except PennyError as error:
+            body = {"type": error.type, "code": error.code, "message": error.message, "param": error.param}
+            return Answer(error.status or 0, {"error": body})
 
     async def create(self, plan: OrderPlan, key: str) -> dict[str, Any] | None:
-        response = await self.request("POST", "/v1/payments", key=key, body=plan.body)
-        payload = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-        payment_id = payload.get("id") if response.status_code == 200 else None
+        answer = await self._answer(self._penny.create_payment(**plan.body, idempotency_key=key))
+        payment_id = answer.payload.get("id") if answer.status_code == 200 else None
         with self._state.lock:
-            self._state.records.append(ClientRecord(key, plan.order_id, payment_id, response.status_code))
+            self._state.records.append(ClientRecord(key, plan.order_id, payment_id, answer.status_code))
         if plan.kind == "card_number":
-            code = (payload.get("error") or {}).get("code")
             with self._state.lock:
-                if response.status_code == 400 and code == "card_data_not_allowed":
+                if answer.status_code == 400 and answer.error.get("code") == "card_data_not_allowed":
                     self._state.refused_card_numbers += 1
                 else:
-                    self._state.unexpected.append(f"{plan.order_id}: card number answered {response.status_code}")
+                    self._state.unexpected.append(f"{plan.order_id}: card number answered {answer.status_code}")
             return None
-        if response.status_code != 200:
+        if answer.status_code != 200:
             with self._state.lock:
-                self._state.unexpected.append(f"{plan.order_id}: create answered {response.status_code} {payload}")
+                self._state.unexpected.append(f"{plan.order_id}: create answered {answer.status_code} {answer.text}")
             return None
-        return payload  # type: ignore[no-any-return]
+        return answer.payload
+
+    async def capture(self, payment_id: str, key: str, amount: int | None) -> Answer:
+        return await self._answer(self._penny.capture_payment(payment_id, amount=amount, idempotency_key=key))
+
+    async def cancel(self, payment_id: str, key: str) -> Answer:
+        return await self._answer(self._penny.cancel_payment(payment_id, idempotency_key=key))
+
+    async def refund(self, payment_id: str, key: str, amount: int | None = None) -> Answer:
+        """A refund, retried with its key; "still running" (409) that outlasts the client's own
+        retries (or no answer, or a 5xx) is sent again, at most CLIENT_REFUND_ROUNDS_MAX times."""
+        answer = Answer(0, {})
+        for _ in range(CLIENT_REFUND_ROUNDS_MAX):
+            answer = await self._answer(self._penny.create_refund(payment_id, amount=amount, idempotency_key=key))
+            still_running = answer.status_code == 409 and answer.error.get("code") in RETRYABLE_CONFLICT_CODES
+            if not (still_running or answer.status_code == 0 or answer.status_code >= 500):
+                break
+        return answer
 
     async def payment(self, payment_id: str) -> dict[str, Any]:
-        response = await self.request("GET", f"/v1/payments/{payment_id}")
-        return response.json()  # type: ignore[no-any-return]
+        answer = await self._answer(self._penny.retrieve_payment(payment_id))
+        return answer.payload
 
 
 # ====================================================================================== the run
@@ -494,12 +518,9 @@ class ChaosRun:
             if payment.get("status") != "authorized":
                 return
             if plan.kind == "manual_cancel":
-                await client.request("POST", f"/v1/payments/{payment_id}/cancel", key=f"{plan.order_id}-cancel")
+                await client.cancel(payment_id, f"{plan.order_id}-cancel")
             else:
-                body = {"amount": plan.capture_amount} if plan.capture_amount else None
-                await client.request(
-                    "POST", f"/v1/payments/{payment_id}/capture", key=f"{plan.order_id}-capture", body=body
-                )
+                await client.capture(payment_id, f"{plan.order_id}-capture", plan.capture_amount or None)
         elif plan.kind == "three_ds_completed":
             payment = await self._wait_status(client, payment_id, ("requires_action",), payment)
             intent_id = payment.get("stripe_payment_intent_id")
@@ -526,21 +547,11 @@ class ChaosRun:
         payment = await self._wait_status(client, payment_id, ("captured", "settled"), payment)
         if payment.get("status") not in ("captured", "settled"):
             return
-        path = f"/v1/payments/{payment_id}/refunds"
         captured = int(payment["amount_captured"])
         if plan.kind == "refund_race":
             share = captured // 2 + 1
             answers = await asyncio.gather(
-                *(
-                    client.request(
-                        "POST",
-                        path,
-                        key=f"{plan.order_id}-race{n}",
-                        body={"amount": share},
-                        attempts_max=CLIENT_REFUND_ATTEMPTS_MAX,
-                    )
-                    for n in range(3)
-                )
+                *(client.refund(payment_id, f"{plan.order_id}-race{n}", share) for n in range(3))
             )
             made = [answer for answer in answers if answer.status_code == 200]
             with self.state.lock:
@@ -550,37 +561,28 @@ class ChaosRun:
             for answer in answers:
                 self._check_refund_answer(plan, answer)
             return
-        first_body = {"amount": plan.refund_amount} if plan.refund_amount else None
         first_key = f"{plan.order_id}-refund1"
-        first = await client.request(
-            "POST", path, key=first_key, body=first_body, attempts_max=CLIENT_REFUND_ATTEMPTS_MAX
-        )
+        first = await client.refund(payment_id, first_key, plan.refund_amount or None)
         self._check_refund_answer(plan, first)
         if first.status_code != 200:
             return
-        again = await client.request(
-            "POST", path, key=first_key, body=first_body, attempts_max=CLIENT_REFUND_ATTEMPTS_MAX
-        )
-        if again.status_code != 200 or again.json().get("id") != first.json().get("id"):
+        again = await client.refund(payment_id, first_key, plan.refund_amount or None)
+        if again.status_code != 200 or again.payload.get("id") != first.payload.get("id"):
             self._unexpected(f"{plan.order_id}: the same refund key answered {again.status_code} {again.text[:120]}")
         with self.state.lock:
             self.state.refunds_made += 1
         if plan.refund_amount:
-            rest = await client.request(
-                "POST", path, key=f"{plan.order_id}-refund2", attempts_max=CLIENT_REFUND_ATTEMPTS_MAX
-            )
+            rest = await client.refund(payment_id, f"{plan.order_id}-refund2")
             self._check_refund_answer(plan, rest)
             if rest.status_code == 200:
                 with self.state.lock:
                     self.state.refunds_made += 1
 
-    def _check_refund_answer(self, plan: OrderPlan, answer: httpx.Response) -> None:
+    def _check_refund_answer(self, plan: OrderPlan, answer: Answer) -> None:
         """A refund answer is the refund, or a Stripe-shaped refusal a merchant can act on."""
         if answer.status_code == 200:
             return
-        error = (answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}).get(
-            "error"
-        ) or {}
+        error = answer.error
         expected = {
             400: ("amount_too_large", "charge_already_refunded", "charge_disputed"),
             409: ("payment_disbursement_pending", "refund_in_progress", "payment_state_conflict"),
@@ -820,15 +822,13 @@ async def _subscribe(target: Target, url: str, run_tag: str) -> OutboxSubscripti
             ops_key = await create_api_key(connection, "ops", f"{CHAOS_OPS_KEY_NAME}-{run_tag}")
     finally:
         await engine.dispose()
-    async with httpx.AsyncClient(base_url=target.api_url, timeout=CLIENT_TIMEOUT_SECONDS) as http:
-        response = await http.post(
-            "/v1/webhook_endpoints",
-            headers={"Authorization": f"Bearer {ops_key}", "Idempotency-Key": f"{run_tag}-subscriber"},
-            json={"url": url, "enabled_events": ["*"], "description": f"penny chaos {run_tag}"},
-        )
-    if response.status_code != 200:
-        raise ServiceError(f"could not register the chaos subscriber: {response.status_code} {response.text[:300]}")
-    endpoint = response.json()
+    async with AsyncPennyClient(ops_key, target.api_url, timeout_seconds=CLIENT_TIMEOUT_SECONDS) as penny:
+        try:
+            endpoint = await penny.create_webhook_endpoint(
+                url=url, enabled_events=["*"], description=f"penny chaos {run_tag}"
+            )
+        except PennyError as error:
+            raise ServiceError(f"could not register the chaos subscriber: {error}") from None
     say(f"  chaos: outbox subscriber {endpoint['id']} at {url}")
     return OutboxSubscription(endpoint_id=endpoint["id"], secret=endpoint["secret"])
 
