@@ -21,9 +21,9 @@ Retries (one rule for every call, `RetryPolicy`):
   that mean "the same request, or other work on the same payment, is still running"
   (`idempotency_key_in_use`, `payment_disbursement_pending`, `refund_in_progress`). Any other
   4xx is the request's answer and is raised at once (`order_conflict` is a 409 too, and final);
-- at most `retries_max` retries, waiting `Retry-After` when the API sends one (capped at
-  `retry_after_max_seconds`), otherwise `backoff_initial_seconds` doubling up to
-  `backoff_max_seconds`, with jitter. When they are spent, the last error is raised.
+- at most `retries_max` retries, waiting `backoff_initial_seconds` doubling up to
+  `backoff_max_seconds`, with jitter, and at least the answer's `Retry-After` (capped at
+  `retry_after_max_seconds`). When they are spent, the last error is raised.
 
 Errors mirror the API's `{"error": {"type", "code", "message", "param", "doc_url"}}`: one class
 per `type` (`InvalidRequestError`, `AuthenticationError`, `PermissionDeniedError`,
@@ -450,11 +450,16 @@ def _code_of(response: httpx.Response) -> str:
 
 
 def _wait_seconds(policy: RetryPolicy, retry: int, response: httpx.Response | None) -> float:
+    """The backoff (doubling, with jitter), but never less than the answer's Retry-After (capped):
+    a `Retry-After: 1` repeated on a key whose request died with its API process must not spend
+    every retry within seconds while the key stays locked for PENNY_IDEMPOTENCY_LOCK_TIMEOUT_SECONDS
+    (found by `penny chaos`: the API killed mid-request left six clients with a final 409)."""
+    backoff = min(policy.backoff_max_seconds, policy.backoff_initial_seconds * 2 ** (retry - 1))
+    backoff *= 0.5 + random.random() / 2  # jitter: concurrent clients do not retry in step
     retry_after = _retry_after_seconds(response) if response is not None else None
     if retry_after is not None:
-        return min(retry_after, policy.retry_after_max_seconds)
-    backoff = min(policy.backoff_max_seconds, policy.backoff_initial_seconds * 2 ** (retry - 1))
-    return backoff * (0.5 + random.random() / 2)  # jitter: concurrent clients do not retry in step
+        return max(min(retry_after, policy.retry_after_max_seconds), backoff)
+    return backoff
 
 
 def new_idempotency_key() -> str:

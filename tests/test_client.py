@@ -330,6 +330,9 @@ def test_retry_after_is_honoured_and_capped_and_backoff_doubles() -> None:
     policy = RetryPolicy(backoff_initial_seconds=0.5, backoff_max_seconds=4.0, retry_after_max_seconds=10.0)
     assert penny_client._wait_seconds(policy, 1, _answer(503, "x", {"Retry-After": "5"})) == 5.0
     assert penny_client._wait_seconds(policy, 1, _answer(503, "x", {"Retry-After": "3600"})) == 10.0
+    # Retry-After is a floor, not the whole wait: a locked key answering "1" again and again
+    # still backs off.
+    assert 2.0 <= penny_client._wait_seconds(policy, 4, _answer(409, "x", {"Retry-After": "1"})) <= 4.0
     for retry, ceiling in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)):
         wait = penny_client._wait_seconds(policy, retry, None)
         assert ceiling / 2 <= wait <= ceiling
