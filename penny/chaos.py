@@ -783,6 +783,7 @@ def _free_settings(data_dir: Path) -> Settings:
         emulator_port=next(ports),
         api_port=next(ports),
         worker_metrics_port=0,
+        worker_temporal_metrics_port=0,
         temporal_task_queue="penny-chaos",
     )
 

@@ -213,6 +213,13 @@ class Settings(BaseSettings):
         description="Port of the worker's Prometheus /metrics (webhook and outbox relay backlogs, lag and counters); "
         "0 disables.",
     )
+    worker_temporal_metrics_port: int = Field(
+        9465,
+        ge=0,
+        le=65535,
+        description="Port of the Temporal SDK's own Prometheus metrics in the worker (task slots, poll and "
+        "schedule-to-start latency, task failures, sticky cache: `temporal_*`); 0 disables.",
+    )
     api_key_pepper: str = Field(
         PLACEHOLDER_API_KEY_PEPPER,
         description="Secret mixed into stored API key hashes.",

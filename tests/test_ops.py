@@ -18,11 +18,15 @@ import pytest
 import pytest_asyncio
 from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
+from temporalio.client import Client
+from temporalio.worker import Worker
 
+from activities.health import HealthActivities
 from penny import ops_cli
 from penny.ops_monitor import monitor_once
 from penny.services import free_port
 from penny.settings import Settings
+from penny.temporal_runtime import worker_runtime
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
 from tests.test_api_support import api_client, run_cli
 from tests.test_fault_paths import dispute_of, signal_dispute
@@ -36,6 +40,7 @@ from tests.test_refunds import (
     three_way_order,
 )
 from tests.test_reviews import Key, _key, payment_in_review
+from workflows.health import HealthCheckInput, HealthCheckWorkflow
 from workflows.payment_models import SIGNAL_STRIPE_EVENT, StripeEventSignal
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -229,3 +234,44 @@ async def test_a_failed_refund_and_a_lost_dispute_are_counted(exporter: str, pay
     assert value(after, disputes, outcome="closed_without_loss") == value(
         before, disputes, outcome="closed_without_loss"
     )
+
+
+# ----------------------------------------------------------------------------- the SDK's own metrics
+
+
+async def test_the_workers_temporal_sdk_metrics_are_scraped(payment_stack: PaymentStack) -> None:
+    """The worker's runtime (penny/temporal_runtime.py) exports the SDK's metrics: after one
+    workflow ran, its workflow and activity task counters are there for Prometheus."""
+    port = free_port()
+    settings = payment_stack.settings.model_copy(update={"worker_temporal_metrics_port": port})
+    runtime = worker_runtime(settings)
+    assert (
+        runtime is not None and worker_runtime(settings.model_copy(update={"worker_temporal_metrics_port": 0})) is None
+    )
+    client = await Client.connect(
+        payment_stack.client.service_client.config.target_host,
+        namespace=payment_stack.client.namespace,
+        runtime=runtime,
+    )
+    task_queue = f"sdk-metrics-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[HealthCheckWorkflow],
+        activities=[HealthActivities(payment_stack.engine).record_heartbeat],
+    ):
+        result = await client.execute_workflow(
+            HealthCheckWorkflow.run,
+            HealthCheckInput(source="sdk-metrics-test"),
+            id=f"health-{task_queue}",
+            task_queue=task_queue,
+        )
+        assert result.source == "sdk-metrics-test"
+        samples = await scrape(f"http://127.0.0.1:{port}/metrics")
+    completed = {
+        name: count
+        for (name, labels), count in samples.items()
+        if dict(labels).get("task_queue") == task_queue
+        and name in ("temporal_workflow_completed_total", "temporal_activity_execution_latency_seconds_count")
+    }
+    assert completed == {"temporal_workflow_completed_total": 1, "temporal_activity_execution_latency_seconds_count": 1}
