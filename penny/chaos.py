@@ -8,18 +8,20 @@ Two phases, as in Jepsen's bank test and TigerBeetle's VOPR:
    and lost (closed through the emulator's control API), requests carrying a card number
    (which must be refused), and the same order sent again under a new key. Clients are
    `penny.client`, as a marketplace's backend would use it: on a timeout, a dropped connection
-   or a 5xx they retry with the same Idempotency-Key. Meanwhile, from the seed: emulator faults on every Stripe call Penny makes
-   (500 before and after commit, timeout after commit, 429, latency), one connected account
-   whose transfers fail for the first part of the run, webhook duplicates, delays, reordering
-   and drops, the worker SIGKILLed several times, the API killed, a second worker for part of
-   the run. An outbox subscriber (penny/chaos_subscriber.py) registered through the API
-   receives every payment event signed, answering 500 to some first attempts.
+   or a 5xx they retry with the same Idempotency-Key. Meanwhile, from the seed: emulator
+   faults on every Stripe call Penny makes (500 before and after commit, timeout after commit,
+   429, latency), one connected account whose transfers fail for the first part of the run,
+   webhook duplicates, delays, reordering and drops, the worker SIGKILLed several times, the
+   API killed, a second worker for part of the run. An outbox subscriber
+   (penny/chaos_subscriber.py) registered through the API receives every payment event
+   signed, answering 500 to some first attempts.
 2. Liveness (faults off). The emulator's clock moves past settlement, and the run waits, at
    most `quiescence_timeout_seconds`, until no payment is in a transient state and every
    outbox event of the run is delivered. Then the invariants are checked from the outside
    (penny/chaos_checks.py) and a report is printed: orders by final state, faults by kind,
-   each invariant with its count and examples, the duration and the seed. Any violation →
-   exit code 1.
+   each invariant with its count and examples, the duration and the seed. Last, a
+   reconciliation run over the soak's window must agree (penny/chaos_reconcile.py). Any
+   violation → exit code 1.
 
 The same seed replays the same orders and the same fault schedule (process timing aside);
 `--orders` shrinks a failing seed. By default the run starts its own stack (as `penny dev`
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from penny.chaos_checks import ClientRecord, InvariantResult, check_invariants, format_report
+from penny.chaos_checks import ClientRecord, InvariantResult, Violation, check_invariants, format_report
 from penny.chaos_subscriber import OutboxSubscription, Subscriber
 from penny.client import RETRYABLE_CONFLICT_CODES, AsyncPennyClient, PennyError, RetryEvent, RetryPolicy
 from penny.services import ServiceError
@@ -745,6 +747,38 @@ async def _check(target: Target, run: ChaosRun, outbox: OutboxSubscription) -> l
         await engine.dispose()
 
 
+async def _reconcile(target: Target, run: ChaosRun, started_unix: int) -> InvariantResult:
+    """`reconciliation_agrees` (penny/chaos_reconcile.py); a run that cannot finish is reported."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from temporalio.client import Client as TemporalClient
+
+    from penny.chaos_reconcile import RECONCILIATION_AGREES, check_reconciliation_agrees
+
+    engine = create_async_engine(target.database_url)
+    try:
+        temporal = await TemporalClient.connect(target.temporal_address, namespace=target.namespace)
+        return await check_reconciliation_agrees(
+            engine=engine,
+            temporal=temporal,
+            task_queue=target.task_queue,
+            emulator_url=target.emulator_url,
+            started_unix=started_unix,
+            order_ids=[plan.order_id for plan in run.plans],
+            seed=run.options.seed,
+        )
+    except Exception as error:  # reported, never hidden: a reconciliation nobody could run is a failure
+        message = f"could not reconcile: {type(error).__name__}: {error}"[:300]
+        return InvariantResult(
+            name=RECONCILIATION_AGREES,
+            checked=0,
+            violations=[Violation(RECONCILIATION_AGREES, None, message)],
+            violation_count=1,
+            error=message,
+        )
+    finally:
+        await engine.dispose()
+
+
 def _wait_quiescent(
     run: ChaosRun, database_url: str, endpoint_id: str, supervise: Callable[[Callable[[], bool], float], bool]
 ) -> Counter[str]:
@@ -799,6 +833,7 @@ class Target:
     temporal_address: str
     namespace: str
     logs_dir: Path | None
+    task_queue: str = "penny"
 
 
 def _wait_until(condition: Callable[[], bool], timeout_seconds: float) -> bool:
@@ -843,11 +878,14 @@ def _soak(
 ) -> ChaosReport:
     run = ChaosRun(options, target.api_url, target.api_key, target.emulator_url)
     say(f"penny chaos: seed {options.seed}, {options.orders} orders, concurrency {options.concurrency}")
+    started_unix = int(time.time())
     subscriber = Subscriber(options.seed)
     subscriber.start()
     try:
         outbox = asyncio.run(_subscribe(target, subscriber.url, run.run_tag))
-        return _soak_subscribed(options, target, supervise, process_step, started, run, outbox, subscriber)
+        return _soak_subscribed(
+            options, target, supervise, process_step, started, run, outbox, subscriber, started_unix
+        )
     finally:
         subscriber.stop()
 
@@ -861,6 +899,7 @@ def _soak_subscribed(
     run: ChaosRun,
     outbox: OutboxSubscription,
     subscriber: Subscriber,
+    started_unix: int,
 ) -> ChaosReport:
     driver = threading.Thread(target=lambda: asyncio.run(run.drive()), name="chaos-driver", daemon=True)
     driver.start()
@@ -883,6 +922,7 @@ def _soak_subscribed(
     outbox.receipts = subscriber.snapshot()
     faults.update(subscriber.counts())
     invariants = asyncio.run(_check(target, run, outbox))
+    invariants.append(asyncio.run(_reconcile(target, run, started_unix)))
     final_states.pop(WEBHOOKS_WAITING, None)
     final_states.pop(OUTBOX_WAITING, None)
     return ChaosReport(
@@ -947,6 +987,7 @@ def run_chaos(options: ChaosOptions, external: Target | None = None) -> ChaosRep
             temporal_address=settings.effective_temporal_address,
             namespace=settings.temporal_namespace,
             logs_dir=stack.logs_dir,
+            task_queue=settings.temporal_task_queue,
         )
         return _soak(options, target, stack.supervise_until, lambda run: run.process_step(stack), started)
     finally:

@@ -508,6 +508,7 @@ def command_chaos(args: argparse.Namespace) -> int:
             temporal_address=settings.effective_temporal_address,
             namespace=settings.temporal_namespace,
             logs_dir=settings.data_dir / "logs",
+            task_queue=settings.temporal_task_queue,
         )
     options = ChaosOptions(
         orders=args.orders,
