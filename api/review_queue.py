@@ -205,9 +205,11 @@ async def list_reviews(
     payment_id: str | None = None,
     limit: int,
     starting_after: int | None = None,
+    ending_before: int | None = None,
 ) -> tuple[list[Review], bool]:
-    """Newest first (by id); `starting_after` is the id of the last item of the previous page.
-    Returns the page and whether more items follow."""
+    """Newest first (by id); `starting_after` is the id of the last item of the previous page,
+    `ending_before` the first item of the next one (the page just before it, still newest first).
+    Returns the page and whether more items lie beyond it in the direction it was read."""
     conditions = ["TRUE"]
     values: dict[str, Any] = {"limit": limit + 1}
     if kind == PAYMENT_NEEDS_REVIEW_KIND:
@@ -225,14 +227,21 @@ async def list_reviews(
     if starting_after is not None:
         conditions.append("id < :starting_after")
         values["starting_after"] = starting_after
+    order = "DESC"
+    if ending_before is not None:
+        conditions.append("id > :ending_before")
+        values["ending_before"] = ending_before
+        order = "ASC"  # the items nearest the cursor first, then turned back to newest first
     async with engine.connect() as connection:
         rows = (
             await connection.execute(
-                text(f"SELECT * FROM review_items WHERE {' AND '.join(conditions)} ORDER BY id DESC LIMIT :limit"),
+                text(f"SELECT * FROM review_items WHERE {' AND '.join(conditions)} ORDER BY id {order} LIMIT :limit"),
                 values,
             )
         ).all()
-        page = rows[:limit]
+        page = list(rows[:limit])
+        if ending_before is not None:
+            page.reverse()
         actions = await _actions_of(connection, [row.id for row in page])
     return [_review_out(row, actions.get(row.id, [])) for row in page], len(rows) > limit
 

@@ -30,6 +30,7 @@ from api.models import (
     ReviewResolve,
     ReviewStatus,
 )
+from api.pagination import check_exclusive_cursors
 from api.payments import Engine, IdempotencyKey, _engine, _raw_json, _run_idempotent, _temporal
 
 router = APIRouter(prefix="/v1", tags=["reviews"])
@@ -70,7 +71,14 @@ async def list_reviews(
             max_length=REVIEW_ID_LENGTH_MAX, pattern=REVIEW_ID_PATTERN, description="A review id: the page after it."
         ),
     ] = None,
+    ending_before: Annotated[
+        str | None,
+        Query(
+            max_length=REVIEW_ID_LENGTH_MAX, pattern=REVIEW_ID_PATTERN, description="A review id: the page before it."
+        ),
+    ] = None,
 ) -> Response:
+    check_exclusive_cursors(starting_after, ending_before)
     items, has_more = await review_queue.list_reviews(
         engine,
         kind=kind,
@@ -78,6 +86,7 @@ async def list_reviews(
         payment_id=payment,
         limit=limit,
         starting_after=_number(starting_after) if starting_after is not None else None,
+        ending_before=_number(ending_before) if ending_before is not None else None,
     )
     page = ReviewList(url="/v1/reviews", has_more=has_more, data=items)
     return json_response(200, page.model_dump(mode="json"))

@@ -864,8 +864,9 @@ class PennyClient(_Base):
         payment: str | None = None,
         limit: int | None = None,
         starting_after: str | None = None,
+        ending_before: str | None = None,
     ) -> Page[Review]:
-        params = _query(kind=kind, status=status, payment=payment, **_list_params(limit, starting_after, None))
+        params = _query(kind=kind, status=status, payment=payment, **_list_params(limit, starting_after, ending_before))
         return self._page(_Call("GET", "/v1/reviews", params))
 
     def retrieve_review(self, review_id: str) -> Review:
@@ -1153,8 +1154,9 @@ class AsyncPennyClient(_Base):
         payment: str | None = None,
         limit: int | None = None,
         starting_after: str | None = None,
+        ending_before: str | None = None,
     ) -> AsyncPage[Review]:
-        params = _query(kind=kind, status=status, payment=payment, **_list_params(limit, starting_after, None))
+        params = _query(kind=kind, status=status, payment=payment, **_list_params(limit, starting_after, ending_before))
         return await self._page(_Call("GET", "/v1/reviews", params))
 
     async def retrieve_review(self, review_id: str) -> Review:

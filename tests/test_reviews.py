@@ -376,6 +376,18 @@ async def test_reviews_list_pages_newest_first_and_filters(
         headers=auth(ops.secret),
     )
     assert [review["id"] for review in after.json()["data"]] == [first["id"]]
+    # Back again: the page just before `first`, still newest first; nothing newer than `third`.
+    before = await http.get(
+        "/v1/reviews",
+        params={"kind": "webhook_unrouted", "status": "open", "limit": 2, "ending_before": first["id"]},
+        headers=auth(ops.secret),
+    )
+    assert [review["id"] for review in before.json()["data"]] == [third["id"], second["id"]]
+    assert before.json()["has_more"] is False
+    both = await http.get(
+        "/v1/reviews", params={"starting_after": first["id"], "ending_before": third["id"]}, headers=auth(ops.secret)
+    )
+    assert both.status_code == 400 and error_of(both)["code"] == "parameters_exclusive"
     missing = await http.get("/v1/reviews/rev_999999999", headers=auth(ops.secret))
     assert missing.status_code == 404 and error_of(missing)["code"] == "resource_missing"
     malformed = await http.get("/v1/reviews/rev_01", headers=auth(ops.secret))
