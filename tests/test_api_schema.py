@@ -26,7 +26,6 @@ from typing import Any
 import hypothesis
 import pytest_asyncio
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from schemathesis.checks import (
@@ -37,7 +36,6 @@ from schemathesis.checks import (
 )
 
 from activities.payments import RISK_REVIEW_AMOUNT_MINOR, RISK_VELOCITY_MAX_PAYMENTS
-from api.app import create_app
 from api.models import (
     ACCOUNT_ID_LENGTH_MAX,
     BASIS_POINTS_MAX,
@@ -47,10 +45,9 @@ from api.models import (
     SPLITS_MAX,
 )
 from ledger.money import CURRENCY_EXPONENTS, SplitRecipient, compute_split
-from penny.services import free_port
 from stripe_emulator._payments import AMOUNT_MINIMUM_MINOR
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
-from tests.test_api_support import new_key
+from tests.test_api_support import new_key, served_api_url
 
 EXAMPLES_PER_OPERATION_MAX = 30
 # Each operation must really have been exercised (Hypothesis may stop early on a small space).
@@ -59,8 +56,6 @@ RESPONSES_PER_OPERATION_MIN = 10
 VALID_PAYMENTS_MAX = 15
 # Fewer than the risk check's per-customer velocity limit, should Hypothesis repeat a customer.
 assert VALID_PAYMENTS_MAX < RISK_VELOCITY_MAX_PAYMENTS
-SERVER_START_TIMEOUT_SECONDS = 10.0
-SERVER_POLL_SECONDS = 0.02
 REQUEST_TIMEOUT_SECONDS = 60
 OPERATIONS = [
     ("/v1/payments", "POST"),
@@ -84,22 +79,8 @@ ID_SUFFIX_LENGTH_MAX = 24
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def served_api(payment_stack: PaymentStack) -> AsyncIterator[str]:
-    port = free_port()
-    app = create_app(payment_stack.settings, temporal_client=payment_stack.client, payment_timings=FAST_TIMINGS)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
-    for _ in range(int(SERVER_START_TIMEOUT_SECONDS / SERVER_POLL_SECONDS)):
-        if server.started:
-            break
-        await asyncio.sleep(SERVER_POLL_SECONDS)
-    assert server.started, "the API did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
+    async with served_api_url(payment_stack.settings, payment_stack.client, FAST_TIMINGS) as url:
+        yield url
 
 
 # ----------------------------------------------------------------------------- fuzzing

@@ -10,15 +10,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from api.app import create_app
 from penny.cli import build_parser
 from penny.keys import create_api_key
+from penny.services import free_port
 from penny.settings import Settings
 from workflows.payment_models import PaymentTimings
 
+SERVER_START_TIMEOUT_SECONDS = 10.0
+SERVER_POLL_SECONDS = 0.02
 PAN_VISA = "4242424242424242"
 PAN_FORMS = ("4242424242424242", "4242 4242 4242 4242", "4242-4242-4242-4242", "4000056655665556", "378282246310005")
 
@@ -32,6 +36,29 @@ async def api_client(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
             yield client
+
+
+@asynccontextmanager
+async def served_api_url(
+    settings: Settings, temporal_client: Client | None = None, payment_timings: PaymentTimings | None = None
+) -> AsyncIterator[str]:
+    """The app served by uvicorn on a free local port (real HTTP, real sockets): its base URL."""
+    port = free_port()
+    app = create_app(settings, temporal_client=temporal_client, payment_timings=payment_timings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve())
+    for _ in range(int(SERVER_START_TIMEOUT_SECONDS / SERVER_POLL_SECONDS)):
+        if server.started:
+            break
+        await asyncio.sleep(SERVER_POLL_SECONDS)
+    assert server.started, "the API did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
 
 
 async def new_key(engine: AsyncEngine, settings: Settings, role: str = "merchant") -> str:

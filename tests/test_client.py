@@ -17,10 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from sqlalchemy import text
 
-from api.app import create_app
 from api.edge import API_VERSION as SERVER_API_VERSION
 from penny import client as penny_client
 from penny.client import (
@@ -35,12 +33,9 @@ from penny.client import (
     RetryEvent,
     RetryPolicy,
 )
-from penny.services import free_port
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
-from tests.test_api_support import new_key
+from tests.test_api_support import new_key, served_api_url
 
-SERVER_START_TIMEOUT_SECONDS = 10.0
-SERVER_POLL_SECONDS = 0.02
 PAGINATED_PAYMENTS = 250
 # Payments sharing one created_at: a page boundary inside such a group must neither skip nor repeat.
 CREATED_AT_GROUP_SIZE = 9
@@ -48,22 +43,8 @@ CREATED_AT_GROUP_SIZE = 9
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def served_api(payment_stack: PaymentStack) -> AsyncIterator[str]:
-    port = free_port()
-    app = create_app(payment_stack.settings, temporal_client=payment_stack.client, payment_timings=FAST_TIMINGS)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
-    for _ in range(int(SERVER_START_TIMEOUT_SECONDS / SERVER_POLL_SECONDS)):
-        if server.started:
-            break
-        await asyncio.sleep(SERVER_POLL_SECONDS)
-    assert server.started, "the API did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
+    async with served_api_url(payment_stack.settings, payment_stack.client, FAST_TIMINGS) as url:
+        yield url
 
 
 @pytest_asyncio.fixture(loop_scope="session")
