@@ -23,7 +23,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
-from api import idempotency, ledger_views, payments, reconciliation, refunds, reviews, webhook_endpoints, webhooks
+from api import (
+    idempotency,
+    ledger_views,
+    ops_dashboard,
+    payments,
+    reconciliation,
+    refunds,
+    reviews,
+    webhook_endpoints,
+    webhooks,
+)
 from api.auth import KeyUseRecorder
 from api.edge import EdgeMiddleware
 from api.errors import ApiError, api_error_handler, http_error_handler, validation_error_handler
@@ -153,6 +163,7 @@ def create_app(
     app.include_router(webhook_endpoints.router)
     app.include_router(reconciliation.router)
     app.include_router(webhooks.router)
+    app.include_router(ops_dashboard.router)
 
     async def dependency_states(request: Request) -> dict[str, dict[str, object]]:
         states = await asyncio.gather(
