@@ -24,11 +24,13 @@ from activities.payments import PaymentActivities
 from activities.reconciliation import ReconciliationActivities
 from activities.stripe import StripeActivities
 from activities.webhooks import WebhookRelayActivities
+from penny import tracing
 from penny.db import create_engine
 from penny.logs import configure_logging
 from penny.ops_monitor import monitor_forever
 from penny.reconciliation_schedule import ensure_reconciliation_schedule
 from penny.settings import Settings, get_settings
+from penny.temporal_runtime import worker_runtime
 from workflows.health import HealthCheckWorkflow
 from workflows.outbox_relay import OutboxRelayWorkflow, start_outbox_relay
 from workflows.payment import PaymentWorkflow
@@ -131,7 +133,15 @@ async def run_worker(settings: Settings) -> None:
     if settings.worker_metrics_port:
         # The worker's own metrics (relay backlogs, webhook and outbox delivery counters) for Prometheus.
         start_http_server(settings.worker_metrics_port, addr=settings.host)
-    client = await Client.connect(settings.effective_temporal_address, namespace=settings.temporal_namespace)
+    # Tracing (penny.tracing; off by default): the worker inherits the client's interceptors.
+    tracer_provider = tracing.tracer_provider(settings, "worker")
+    client = await Client.connect(
+        settings.effective_temporal_address,
+        namespace=settings.temporal_namespace,
+        interceptors=tracing.temporal_interceptors(tracer_provider),
+        # The SDK's own metrics on PENNY_WORKER_TEMPORAL_METRICS_PORT (penny/temporal_runtime.py).
+        runtime=worker_runtime(settings),
+    )
     engine = create_engine(settings.effective_database_url, pre_ping=False)
     worker = build_worker(client, engine, settings)
     stop = asyncio.Event()
@@ -145,10 +155,13 @@ async def run_worker(settings: Settings) -> None:
         settings.temporal_namespace,
     )
     running = asyncio.create_task(worker.run())
+    # The relays run forever (continue-as-new): started without a trace, so each round is a trace of its
+    # own rather than all of them one endless trace.
+    relay_client = tracing.untraced_client(client)
     # One relay per task queue re-delivers stored-but-undelivered webhook events.
-    await start_webhook_relay(client, settings.temporal_task_queue)
+    await start_webhook_relay(relay_client, settings.temporal_task_queue)
     # One relay per task queue publishes committed outbox events to subscribers (webhook endpoints).
-    await start_outbox_relay(client, settings.temporal_task_queue)
+    await start_outbox_relay(relay_client, settings.temporal_task_queue)
     # The daily reconciliation Schedule: created, or brought to the current settings (idempotent).
     await ensure_reconciliation_schedule(client, settings)
     # The consistency-risk gauges (stuck payments, review queue depth, ledger verify, ...).
@@ -162,6 +175,9 @@ async def run_worker(settings: Settings) -> None:
     except TimeoutError:
         logger.warning("worker shutdown timed out; exiting anyway (activities will be retried)")
     await engine.dispose()
+    if tracer_provider is not None:
+        # Exports the queued spans: blocking, bounded by the exporter's timeout, so off the loop.
+        await asyncio.to_thread(tracer_provider.shutdown)
 
 
 def main() -> None:

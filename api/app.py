@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -38,10 +38,14 @@ from api.auth import KeyUseRecorder
 from api.edge import EdgeMiddleware
 from api.errors import ApiError, api_error_handler, http_error_handler, validation_error_handler
 from api.health import check_postgres, check_stripe, check_temporal
+from penny import tracing
 from penny.db import create_engine
 from penny.logs import CardNumberScrubber
 from penny.settings import Settings, get_settings
 from workflows.payment_models import PaymentTimings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger("penny.api")
 
@@ -68,10 +72,14 @@ def install_card_number_scrubber() -> None:
             target.addFilter(CardNumberScrubber())
 
 
-async def _connect_temporal(settings: Settings) -> Client | None:
+async def _connect_temporal(settings: Settings, tracer_provider: TracerProvider | None = None) -> Client | None:
     try:
         async with asyncio.timeout(TEMPORAL_CONNECT_TIMEOUT_SECONDS):
-            return await Client.connect(settings.effective_temporal_address, namespace=settings.temporal_namespace)
+            return await Client.connect(
+                settings.effective_temporal_address,
+                namespace=settings.temporal_namespace,
+                interceptors=tracing.temporal_interceptors(tracer_provider),
+            )
     except Exception as error:
         logger.warning("Temporal not reachable at %s: %s", settings.effective_temporal_address, error)
         return None
@@ -93,16 +101,23 @@ def create_app(
     *,
     temporal_client: Client | None = None,
     payment_timings: PaymentTimings | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the API. `temporal_client` reuses a connected client; `payment_timings` overrides the
-    workflow's waits for payments this API starts (tests compress them)."""
+    workflow's waits for payments this API starts (tests compress them). `tracer_provider` traces the
+    requests (and the Temporal client the API connects itself; a given `temporal_client` brings its own
+    interceptors) instead of the provider PENNY_TRACING_EXPORTER builds, which is None by default."""
     settings = settings or get_settings()
     install_card_number_scrubber()
+    # The app flushes and stops only a provider it built; a caller's provider is the caller's.
+    owned_tracer_provider = tracing.tracer_provider(settings, "api") if tracer_provider is None else None
+    if owned_tracer_provider is not None:
+        tracer_provider = owned_tracer_provider
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = create_engine(settings.effective_database_url)
-        app.state.temporal = temporal_client or await _connect_temporal(settings)
+        app.state.temporal = temporal_client or await _connect_temporal(settings, tracer_provider)
         sweeper = asyncio.create_task(_sweep_idempotency_keys_forever(app), name="idempotency-sweeper")
         try:
             yield
@@ -111,6 +126,9 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await app.state.engine.dispose()
+            if owned_tracer_provider is not None:
+                # Exports the queued spans: blocking, bounded by the exporter's timeout, so off the loop.
+                await asyncio.to_thread(owned_tracer_provider.shutdown)
 
     app = FastAPI(
         title="Penny",
@@ -129,7 +147,7 @@ def create_app(
 
     async def temporal(request_app: Any = None) -> Client | None:
         if app.state.temporal is None:
-            app.state.temporal = await _connect_temporal(settings)
+            app.state.temporal = await _connect_temporal(settings, tracer_provider)
         return app.state.temporal  # type: ignore[no-any-return]
 
     app.state.temporal_client = temporal
@@ -153,6 +171,8 @@ def create_app(
 
     app.openapi = openapi_with_configured_limits  # type: ignore[method-assign]
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Outermost of all (penny.tracing): the request span covers the edge's refusals too. Nothing when off.
+    tracing.instrument_api(app, tracer_provider)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)

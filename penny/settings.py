@@ -220,6 +220,28 @@ class Settings(BaseSettings):
         description="Port of the Temporal SDK's own Prometheus metrics in the worker (task slots, poll and "
         "schedule-to-start latency, task failures, sticky cache: `temporal_*`); 0 disables.",
     )
+    # Tracing (README "Tracing"): OpenTelemetry spans from the API through the workflow to its activities.
+    tracing_exporter: Literal["none", "console", "otlp"] = Field(
+        "none",
+        description="Where the API and the worker send OpenTelemetry traces: `none` (nothing is instrumented), "
+        "`console` (spans as JSON on standard output) or `otlp` (OTLP over HTTP; needs the "
+        'opentelemetry-exporter-otlp-proto-http package). README "Tracing".',
+    )
+    tracing_otlp_endpoint: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="OTLP/HTTP traces URL (e.g. http://collector:4318/v1/traces) when PENNY_TRACING_EXPORTER is "
+        "`otlp`. Unset: the exporter's own default (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces).",
+    )
+    tracing_service_name: str = Field(
+        "penny",
+        min_length=1,
+        max_length=100,
+        description="Prefix of the OpenTelemetry `service.name` of traced processes: the API reports "
+        "`<prefix>-api`, the worker `<prefix>-worker`.",
+    )
     api_key_pepper: str = Field(
         PLACEHOLDER_API_KEY_PEPPER,
         description="Secret mixed into stored API key hashes.",

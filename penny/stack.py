@@ -95,6 +95,10 @@ class Stack:
         ports.append(("API (PENNY_API_PORT)", s.api_port))
         if s.worker_metrics_port:
             ports.append(("worker metrics (PENNY_WORKER_METRICS_PORT)", s.worker_metrics_port))
+        if s.worker_temporal_metrics_port:
+            ports.append(
+                ("worker Temporal SDK metrics (PENNY_WORKER_TEMPORAL_METRICS_PORT)", s.worker_temporal_metrics_port)
+            )
         return ports
 
     def check_ports(self) -> list[str]:
@@ -115,6 +119,7 @@ class Stack:
                 "PENNY_API_PORT": str(s.api_port),
                 "PENNY_EMULATOR_PORT": str(s.emulator_port),
                 "PENNY_WORKER_METRICS_PORT": str(s.worker_metrics_port),
+                "PENNY_WORKER_TEMPORAL_METRICS_PORT": str(s.worker_temporal_metrics_port),
                 "DATABASE_URL": s.effective_database_url,
                 "TEMPORAL_ADDRESS": s.effective_temporal_address,
                 "TEMPORAL_NAMESPACE": s.temporal_namespace,
@@ -371,7 +376,12 @@ class Stack:
         name = f"{PRIMARY_WORKER}-{number}"
 
         def environment() -> dict[str, str]:
-            return {**self.child_environment(), "PENNY_WORKER_METRICS_PORT": "0"}
+            # Extra workers export no metrics: the ports belong to the first one.
+            return {
+                **self.child_environment(),
+                "PENNY_WORKER_METRICS_PORT": "0",
+                "PENNY_WORKER_TEMPORAL_METRICS_PORT": "0",
+            }
 
         child = self._spawn(name, [sys.executable, str(PROJECT_ROOT / "worker.py")], environment)
         self.extra_workers.append(name)

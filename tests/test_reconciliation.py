@@ -371,6 +371,7 @@ async def test_the_schedule_exists_after_worker_start_and_runs_when_triggered(
         "TEMPORAL_TASK_QUEUE": task_queue,
         "STRIPE_API_BASE": private_emulator.base_url,
         "PENNY_WORKER_METRICS_PORT": "0",
+        "PENNY_WORKER_TEMPORAL_METRICS_PORT": "0",
         "PENNY_RECONCILIATION_TIME": "04:30",
         "PENNY_RECONCILIATION_TIMEZONE": "Europe/Paris",
     }

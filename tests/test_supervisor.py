@@ -187,6 +187,7 @@ def stack_environment(data_dir: Path) -> dict[str, str]:
             "PENNY_EMULATOR_PORT": str(free_port()),
             "PENNY_API_PORT": str(free_port()),
             "PENNY_WORKER_METRICS_PORT": str(free_port()),
+            "PENNY_WORKER_TEMPORAL_METRICS_PORT": str(free_port()),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -290,6 +291,7 @@ def test_stack_kills_on_purpose_and_runs_a_second_worker(tmp_path: Path) -> None
         emulator_port=free_port(),
         api_port=free_port(),
         worker_metrics_port=free_port(),
+        worker_temporal_metrics_port=free_port(),
     )
     api = f"http://{settings.host}:{settings.api_port}"
     stack = Stack(settings)
