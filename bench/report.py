@@ -22,6 +22,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from penny.logs import scrub
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 REPORT = BENCH_DIR / "REPORT.md"
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"bench: {name} …", flush=True)
         output, seconds, code = run(name)
+        output = scrub(output)  # a stack's start-up prints its throwaway API key: never into the report
         print(output, flush=True)
         failed += code != 0
         status = "" if code == 0 else f" — **exit code {code}**"
