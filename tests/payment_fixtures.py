@@ -4,6 +4,7 @@ Temporal dev server, the real (embedded) Postgres and the Stripe emulator over H
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,29 @@ class PaymentStack:
     worker: Worker
 
 
+def stack_settings(temporal_client: Client, database_url: str, task_queue: str, emulator: Any) -> Settings:
+    """Test settings pointing at the session's Temporal, this test's database and `emulator`."""
+    return Settings(
+        env="test",
+        database_url=database_url,
+        temporal_address=temporal_client.service_client.config.target_host,
+        temporal_namespace=temporal_client.namespace,
+        temporal_task_queue=task_queue,
+        stripe_api_base=emulator.base_url,
+    )
+
+
+@asynccontextmanager
+async def running_stack(
+    temporal_client: Client, engine: AsyncEngine, settings: Settings, emulator: Any
+) -> AsyncIterator[PaymentStack]:
+    """The real worker polling `settings.temporal_task_queue` while the block runs."""
+    task_queue = settings.temporal_task_queue
+    worker = build_worker(temporal_client, engine, settings, task_queue=task_queue)
+    async with worker:
+        yield PaymentStack(settings, temporal_client, engine, emulator, task_queue, worker)
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def payment_stack(
     temporal_client: Client,
@@ -54,15 +78,7 @@ async def payment_stack(
     stripe_emulator: Any,
     task_queue: str,
 ) -> AsyncIterator[PaymentStack]:
-    settings = Settings(
-        env="test",
-        database_url=database_url,
-        temporal_address=temporal_client.service_client.config.target_host,
-        temporal_namespace=temporal_client.namespace,
-        temporal_task_queue=task_queue,
-        stripe_api_base=stripe_emulator.base_url,
-    )
-    worker = build_worker(temporal_client, engine, settings, task_queue=task_queue)
-    async with worker:
-        yield PaymentStack(settings, temporal_client, engine, stripe_emulator, task_queue, worker)
+    settings = stack_settings(temporal_client, database_url, task_queue, stripe_emulator)
+    async with running_stack(temporal_client, engine, settings, stripe_emulator) as stack:
+        yield stack
     stripe_emulator.control.clear_faults()

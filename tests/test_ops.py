@@ -39,7 +39,7 @@ from tests.test_refunds import (
     stripe_refunds,
     three_way_order,
 )
-from tests.test_reviews import Key, _key, payment_in_review
+from tests.test_reviews import Key, key_with_role, payment_in_review
 from workflows.health import HealthCheckInput, HealthCheckWorkflow
 from workflows.payment_models import SIGNAL_STRIPE_EVENT, StripeEventSignal
 
@@ -54,7 +54,7 @@ async def http(payment_stack: PaymentStack) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def merchant(payment_stack: PaymentStack) -> Key:
-    return await _key(payment_stack, "merchant")
+    return await key_with_role(payment_stack, "merchant")
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ from api import ops_dashboard
 from api.models import Review
 from api.webhook_signature import sign
 from penny import webhook_metrics
-from penny.keys import ApiKey, find_api_key, revoke_api_key
+from penny.keys import ApiKey, revoke_api_key
 from penny.ops_dashboard_data import (
     FAILED_STATUSES,
     PAYMENT_WINDOW_HOURS,
@@ -57,9 +57,9 @@ from penny.reconciliation_reports import RunView
 from penny.reconciliation_schedule import new_run_id
 from penny.settings import Settings
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
-from tests.test_api_support import api_client, auth, error_of, new_key, payment_body, served_api_url
+from tests.test_api_support import api_client, auth, error_of, payment_body, served_api_url
 from tests.test_payment_workflow import settle, wait_for_status
-from tests.test_reviews import Key, payment_in_review
+from tests.test_reviews import Key, key_with_role, payment_in_review
 from tests.test_webhooks import encode, signed_event
 from workflows.payment_models import PaymentState
 
@@ -92,22 +92,14 @@ def settings(payment_stack: PaymentStack) -> Settings:
     )
 
 
-async def _key(payment_stack: PaymentStack, role: str) -> Key:
-    secret = await new_key(payment_stack.engine, payment_stack.settings, role)
-    async with payment_stack.engine.connect() as connection:
-        found = await find_api_key(connection, payment_stack.settings.api_key_pepper, secret)
-    assert found is not None
-    return Key(secret, found.id, found.name)
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def ops(payment_stack: PaymentStack) -> Key:
-    return await _key(payment_stack, "ops")
+    return await key_with_role(payment_stack, "ops")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def merchant(payment_stack: PaymentStack) -> Key:
-    return await _key(payment_stack, "merchant")
+    return await key_with_role(payment_stack, "merchant")
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -42,7 +42,7 @@ from penny.reconciliation_schedule import (
     start_reconciliation,
 )
 from penny.settings import Settings
-from tests.payment_fixtures import PaymentStack
+from tests.payment_fixtures import PaymentStack, running_stack, stack_settings
 from tests.test_api_support import api_client, auth, new_key, run_cli
 from tests.test_fault_paths import two_recipient_order
 from tests.test_payment_workflow import new_order, start, wait_for_status
@@ -86,17 +86,9 @@ def emulator_stripe(private_emulator: Any) -> stripe.StripeClient:
 async def stack(
     temporal_client: Client, engine: AsyncEngine, database_url: str, private_emulator: Any, task_queue: str
 ) -> AsyncIterator[PaymentStack]:
-    settings = Settings(
-        env="test",
-        database_url=database_url,
-        temporal_address=temporal_client.service_client.config.target_host,
-        temporal_namespace=temporal_client.namespace,
-        temporal_task_queue=task_queue,
-        stripe_api_base=private_emulator.base_url,
-    )
-    worker = build_worker(temporal_client, engine, settings, task_queue=task_queue)
-    async with worker:
-        yield PaymentStack(settings, temporal_client, engine, private_emulator, task_queue, worker)
+    settings = stack_settings(temporal_client, database_url, task_queue, private_emulator)
+    async with running_stack(temporal_client, engine, settings, private_emulator) as running:
+        yield running
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -556,14 +548,7 @@ async def test_a_payout_that_does_not_equal_its_balance_transactions_is_found(
 ) -> None:
     # Its own emulator: the clock is advanced (settlement, then the daily automatic payout).
     payouts_emulator = emulator_factory()
-    settings = Settings(
-        env="test",
-        database_url=database_url,
-        temporal_address=temporal_client.service_client.config.target_host,
-        temporal_namespace=temporal_client.namespace,
-        temporal_task_queue=task_queue,
-        stripe_api_base=payouts_emulator.base_url,
-    )
+    settings = stack_settings(temporal_client, database_url, task_queue, payouts_emulator)
     client = stripe.StripeClient(
         api_key="sk_test_penny_payouts",
         base_addresses={"api": payouts_emulator.base_url},
@@ -584,9 +569,7 @@ async def test_a_payout_that_does_not_equal_its_balance_transactions_is_found(
     payouts_emulator.app.state.objects[payout["id"]]["amount"] += 1
     window_end_unix = int(payouts_emulator.control.clock()["now"]) + 1
 
-    worker = build_worker(temporal_client, engine, settings, task_queue=task_queue)
-    async with worker:
-        stack = PaymentStack(settings, temporal_client, engine, payouts_emulator, task_queue, worker)
+    async with running_stack(temporal_client, engine, settings, payouts_emulator) as stack:
         run = await reconcile(stack, window_start_unix, window_end_unix)
 
     items = await run_items(engine, run.id)

@@ -61,7 +61,7 @@ async def http(settings: Settings, payment_stack: PaymentStack) -> AsyncIterator
         yield client
 
 
-async def _key(payment_stack: PaymentStack, role: str) -> Key:
+async def key_with_role(payment_stack: PaymentStack, role: str) -> Key:
     secret = await new_key(payment_stack.engine, payment_stack.settings, role)
     async with payment_stack.engine.connect() as connection:
         found = await find_api_key(connection, payment_stack.settings.api_key_pepper, secret)
@@ -71,12 +71,12 @@ async def _key(payment_stack: PaymentStack, role: str) -> Key:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def ops(payment_stack: PaymentStack) -> Key:
-    return await _key(payment_stack, "ops")
+    return await key_with_role(payment_stack, "ops")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def merchant(payment_stack: PaymentStack) -> Key:
-    return await _key(payment_stack, "merchant")
+    return await key_with_role(payment_stack, "merchant")
 
 
 def operator(key: Key) -> str:
