@@ -398,8 +398,7 @@ class PaymentActivities:
         currency = split.currency
         if action.kind == "authorization_hold":
             draft = chart.authorization_hold(payment_id, action.amount, currency)
-            await books.open_accounts(connection, chart.accounts_for(draft))
-            return [(await books.post_pending(connection, draft)).id]
+            return [(await books.post_pending(connection, draft, accounts=chart.accounts_for(draft))).id]
         if action.kind == "capture":
             entry_ids = []
             captured = _split_to_ledger(split)
@@ -414,8 +413,7 @@ class PaymentActivities:
                 )
                 entry_ids.append(final.id)
             draft = chart.capture(payment_id, captured, after_hold=hold_id is not None)
-            await books.open_accounts(connection, chart.accounts_for(draft))
-            entry_ids.append((await books.post(connection, draft)).id)
+            entry_ids.append((await books.post(connection, draft, accounts=chart.accounts_for(draft))).id)
             return entry_ids
         if action.kind == "release_hold":
             hold_id = await _pending_entry_id(connection, chart.authorization_hold(payment_id, 1, currency))
@@ -450,8 +448,7 @@ class PaymentActivities:
             draft = chart.refund_failed(payment_id, action.reference, _parts_to_ledger(action), action.recovered)
         else:
             raise ApplicationError(f"unknown ledger action {action.kind}", non_retryable=True)
-        await books.open_accounts(connection, chart.accounts_for(draft))
-        return [(await books.post(connection, draft)).id]
+        return [(await books.post(connection, draft, accounts=chart.accounts_for(draft))).id]
 
     @staticmethod
     async def _append_event(

@@ -170,6 +170,8 @@ class EmbeddedPostgres:
     port: int
     host: str = "127.0.0.1"
     log_path: Path | None = None
+    # Extra `-c name=value` server settings (benchmarks: shared_preload_libraries=pg_stat_statements).
+    settings: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -240,6 +242,7 @@ class EmbeddedPostgres:
                 "shared_buffers=256MB",
                 "-c",
                 "fsync=on",
+                *(argument for setting in self.settings for argument in ("-c", setting)),
             ],
             stdout=log_target,
             stderr=subprocess.STDOUT,

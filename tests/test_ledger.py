@@ -501,3 +501,142 @@ async def test_concurrent_transfers_keep_limits_and_the_total(engine: AsyncEngin
     assert sum(balance.posted for balance in balances) == 4000
     assert 0 < refused < tasks_count * transfers_per_task
     assert await ledger.verify() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# post_many, accounts opened with the entry, and the caller's transaction (ledger.post_entries)
+
+
+async def test_post_many_posts_a_batch_and_each_entry_is_idempotent_by_its_own_key(engine: AsyncEngine) -> None:
+    ledger = books.Ledger(engine)
+    seller_a, seller_b = chart.seller_payable(unique("acct"), "USD"), chart.seller_payable(unique("acct"), "USD")
+    keys = [unique("batch") for _ in range(3)]
+    batch = [
+        draft(keys[0], ("stripe:pending:usd", 700), (seller_a, -700)),
+        draft(keys[1], ("stripe:pending:usd", 300), (seller_b, -300)),
+        draft(keys[2], ("stripe:pending:usd", 50), (seller_a, -50)),
+    ]
+    accounts = [spec for entry in batch for spec in chart.accounts_for(entry)]
+
+    first = await ledger.post_many(batch, accounts=accounts)
+    again = await ledger.post_many([batch[1], draft(unique("batch"), ("stripe:pending:usd", 5), (seller_b, -5))])
+
+    assert [(entry.idempotency_key, entry.created, entry.status) for entry in first] == [
+        (keys[0], True, "posted"),
+        (keys[1], True, "posted"),
+        (keys[2], True, "posted"),
+    ]
+    assert len({entry.id for entry in first}) == 3
+    assert (again[0].id, again[0].created, again[1].created) == (first[1].id, False, True)
+    assert (await ledger.balance(seller_a)).posted == 750
+    assert (await ledger.balance(seller_b)).posted == 305
+    assert (await ledger.get_entry(first[2].id)).postings == batch[2].postings
+    assert await ledger.verify() == []
+
+
+async def test_a_conflict_anywhere_in_a_batch_writes_none_of_it(engine: AsyncEngine) -> None:
+    ledger = books.Ledger(engine)
+    seller = await funded_seller(engine)
+    used = unique("key")
+    await ledger.post(draft(used, ("stripe:pending:usd", 500), (seller, -500)))
+    entries_before = await entry_count(engine)
+    batch = [
+        draft(unique("key"), ("stripe:pending:usd", 10), (seller, -10)),
+        draft(used, ("stripe:pending:usd", 501), (seller, -501)),
+    ]
+
+    with pytest.raises(IdempotencyConflict):
+        await ledger.post_many(batch)
+    with pytest.raises(InvalidEntry) as twice:
+        await ledger.post_many([batch[0], batch[0]])
+    with pytest.raises(InvalidEntry):
+        await ledger.post_many([])
+
+    assert "twice" in str(twice.value)
+    assert await entry_count(engine) == entries_before
+    assert (await ledger.balance(seller)).posted == 10_500
+
+
+async def test_post_opens_its_accounts_in_the_same_statement(engine: AsyncEngine) -> None:
+    ledger = books.Ledger(engine)
+    seller = chart.seller_payable(unique("acct"), "USD")
+    capture = draft(unique("key"), ("stripe:pending:usd", 400), (seller, -400))
+    with pytest.raises(UnknownAccount):
+        await ledger.post(capture)
+
+    entry = await ledger.post(capture, accounts=chart.accounts_for(capture))
+    entries_before = await entry_count(engine)
+    clash = AccountSpec(seller, "asset", "USD")
+    with pytest.raises(AccountConflict) as raised:
+        await ledger.post(draft(unique("key"), ("stripe:pending:usd", 1), (seller, -1)), accounts=[clash])
+
+    assert entry.created and (await ledger.balance(seller)).posted == 400
+    assert seller in str(raised.value) and "liability" in str(raised.value)
+    assert await entry_count(engine) == entries_before
+
+
+class _CallerRollsBack(Exception):
+    pass
+
+
+@pytest.mark.parametrize("first_statement", ["the ledger's", "the caller's"])
+async def test_an_entry_posted_in_a_caller_transaction_commits_or_rolls_back_with_it(
+    engine: AsyncEngine, first_statement: str
+) -> None:
+    seller = await funded_seller(engine)
+    ledger = books.Ledger(engine)
+    kept, dropped = unique("key"), unique("key")
+
+    async def post_in_transaction(key: str, fail: bool) -> None:
+        async with engine.begin() as connection:
+            if first_statement == "the caller's":
+                await connection.execute(text("SELECT 1"))
+            await books.post(connection, draft(key, ("stripe:pending:usd", 25), (seller, -25)))
+            if fail:
+                raise _CallerRollsBack
+
+    await post_in_transaction(kept, fail=False)
+    with pytest.raises(_CallerRollsBack):
+        await post_in_transaction(dropped, fail=True)
+
+    async with engine.connect() as connection:
+        found = (
+            await connection.execute(
+                text("SELECT idempotency_key FROM ledger.entries WHERE idempotency_key = ANY(:keys)"),
+                {"keys": [kept, dropped]},
+            )
+        ).scalars()
+        assert list(found) == [kept]
+    assert (await ledger.balance(seller)).posted == 10_025
+
+
+async def test_a_ledger_error_in_a_caller_transaction_leaves_it_to_roll_back(engine: AsyncEngine) -> None:
+    seller = await funded_seller(engine)
+    async with engine.connect() as connection:
+        # No BEGIN yet: the ledger's statement goes through SQLAlchemy, which begins one.
+        await books.post(connection, draft(unique("key"), ("stripe:pending:usd", 5), (seller, -5)))
+        await connection.commit()
+        await connection.begin()
+        with pytest.raises(UnknownAccount):
+            await books.post(connection, draft(unique("key"), ("stripe:pending:usd", 5), ("seller:x:payable:usd", -5)))
+        await connection.rollback()
+        # The connection is usable again, inside a new transaction.
+        await connection.begin()
+        entry = await books.post(connection, draft(unique("key"), ("stripe:pending:usd", 7), (seller, -7)))
+        await connection.commit()
+    assert entry.created
+    assert (await books.Ledger(engine).balance(seller)).posted == 10_012
+
+
+async def test_the_ledger_statement_rides_the_driver_connection_inside_a_transaction(engine: AsyncEngine) -> None:
+    """The fast path (asyncpg, prepared) is taken inside a begun transaction; elsewhere the
+    statement goes through SQLAlchemy. If a SQLAlchemy upgrade changes its adapter, this
+    fails, rather than the ledger silently getting slower."""
+    import asyncpg
+
+    async with engine.begin() as connection:
+        driver = await books._driver_connection(connection)
+        assert isinstance(driver, asyncpg.Connection)
+        assert driver.is_in_transaction()
+    async with engine.connect() as connection:
+        assert await books._driver_connection(connection) is None
