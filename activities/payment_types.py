@@ -31,12 +31,16 @@ class PreparePaymentInput:
     metadata: dict[str, str] = field(default_factory=dict)
     request_fingerprint: str = ""
     request_id: str = ""
+    # Set (patch prepare-screens-v1): also run the risk check in the same transaction and
+    # return it, one local activity fewer per payment. None: the workflow runs risk_check itself.
+    payment_method: str | None = None
 
 
 @dataclass
 class PreparePaymentResult:
     split: ComputedSplit
     created: bool
+    risk: RiskCheckResult | None = None
 
 
 @dataclass

@@ -168,44 +168,61 @@ class PaymentActivities:
                         type=INVALID_PAYMENT_REQUEST,
                         non_retryable=True,
                     )
-        return PreparePaymentResult(split=split, created=inserted is not None)
+            risk = None
+            if request.payment_method is not None:
+                risk = await self._screen(
+                    connection,
+                    RiskCheckInput(
+                        payment_id=request.payment_id,
+                        customer=request.customer,
+                        amount=request.amount,
+                        currency=request.currency,
+                        payment_method=request.payment_method,
+                    ),
+                )
+        return PreparePaymentResult(split=split, created=inserted is not None, risk=risk)
 
     @activity.defn(name="risk_check")
     async def risk_check(self, request: RiskCheckInput) -> RiskCheckResult:
         async with self._engine.connect() as connection:
-            blocked = (
-                await connection.execute(
-                    text(
-                        """
-                        SELECT kind, reason FROM risk_blocklist
-                        WHERE (kind = 'customer' AND value = :customer)
-                           OR (kind = 'payment_method' AND value = :payment_method)
-                        LIMIT 1
-                        """
-                    ),
-                    {"customer": request.customer, "payment_method": request.payment_method},
-                )
-            ).first()
-            if blocked is not None:
-                return RiskCheckResult("block", f"{blocked.kind} is blocklisted: {blocked.reason or 'no reason given'}")
-            if request.amount > RISK_BLOCK_AMOUNT_MINOR:
-                return RiskCheckResult("block", f"amount {request.amount} above RISK_BLOCK_AMOUNT_MINOR")
-            recent = (
-                await connection.execute(
-                    text(
-                        """
-                        SELECT count(*) FROM payments
-                        WHERE customer = :customer AND id <> :payment_id
-                          AND created_at > now() - make_interval(secs => :window)
-                        """
-                    ),
-                    {
-                        "customer": request.customer,
-                        "payment_id": request.payment_id,
-                        "window": RISK_VELOCITY_WINDOW_SECONDS,
-                    },
-                )
-            ).scalar_one()
+            return await self._screen(connection, request)
+
+    @staticmethod
+    async def _screen(connection: AsyncConnection, request: RiskCheckInput) -> RiskCheckResult:
+        """The risk check's reads (blocklist, amount, velocity), on the caller's connection."""
+        blocked = (
+            await connection.execute(
+                text(
+                    """
+                    SELECT kind, reason FROM risk_blocklist
+                    WHERE (kind = 'customer' AND value = :customer)
+                       OR (kind = 'payment_method' AND value = :payment_method)
+                    LIMIT 1
+                    """
+                ),
+                {"customer": request.customer, "payment_method": request.payment_method},
+            )
+        ).first()
+        if blocked is not None:
+            return RiskCheckResult("block", f"{blocked.kind} is blocklisted: {blocked.reason or 'no reason given'}")
+        if request.amount > RISK_BLOCK_AMOUNT_MINOR:
+            return RiskCheckResult("block", f"amount {request.amount} above RISK_BLOCK_AMOUNT_MINOR")
+        recent = (
+            await connection.execute(
+                text(
+                    """
+                    SELECT count(*) FROM payments
+                    WHERE customer = :customer AND id <> :payment_id
+                      AND created_at > now() - make_interval(secs => :window)
+                    """
+                ),
+                {
+                    "customer": request.customer,
+                    "payment_id": request.payment_id,
+                    "window": RISK_VELOCITY_WINDOW_SECONDS,
+                },
+            )
+        ).scalar_one()
         if recent >= RISK_VELOCITY_MAX_PAYMENTS:
             return RiskCheckResult("review", f"customer made {recent} payments in the last hour")
         if request.amount > RISK_REVIEW_AMOUNT_MINOR:

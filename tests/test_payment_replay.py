@@ -8,7 +8,9 @@
 To record new histories: `PENNY_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_payment_replay.py`.
 They are written as `<RECORDING_PREFIX><name>.json`, next to the older ones, which stay: the
 histories without a prefix were recorded before patch `fault-paths-v2` and replay through
-the frozen LegacyPaymentWorkflow; the `fault_paths_v2_` ones replay through the current code.
+the frozen LegacyPaymentWorkflow; the `fault_paths_v2_` ones replay through the current code
+before patch `prepare-screens-v1` (a separate risk_check local activity); the
+`prepare_screens_v1_` ones through the current code.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from workflows.payment_models import (
 )
 
 HISTORIES = Path(__file__).parent / "histories"
-RECORDING_PREFIX = "fault_paths_v2_"
+RECORDING_PREFIX = "prepare_screens_v1_"
+EARLIER_PREFIXES = ("fault_paths_v2_",)
 
 
 def recorded_histories() -> list[Path]:
@@ -55,8 +58,11 @@ async def test_recorded_history_replays(history_file: Path) -> None:
 
 def test_histories_are_recorded() -> None:
     names = [path.stem for path in recorded_histories()]
-    assert len([name for name in names if not name.startswith(RECORDING_PREFIX)]) >= 2, "pre-patch histories"
-    assert len([name for name in names if name.startswith(RECORDING_PREFIX)]) >= 4, "current-code histories"
+    assert len([name for name in names if not name.startswith((RECORDING_PREFIX, *EARLIER_PREFIXES))]) >= 2, (
+        "pre-patch histories"
+    )
+    for prefix in (RECORDING_PREFIX, *EARLIER_PREFIXES):
+        assert len([name for name in names if name.startswith(prefix)]) >= 4, f"{prefix} histories"
 
 
 async def _replay_and_maybe_record(stack: PaymentStack, workflow_id: str, name: str) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from activities.payments import RISK_REVIEW_AMOUNT_MINOR
 from api.workflow_client import start_payment
 from ledger import ledger as books
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
@@ -426,3 +427,37 @@ async def test_continued_as_new_payment_resumes_from_its_carried_state(payment_s
     assert continued.status == "SETTLED" and continued.payment_id == state.payment_id
     assert continued.history[-1].endswith("dispute window closed")
     assert len(intents_for(payment_stack, payment.order_id)) == 1
+
+
+async def test_blocklisted_customer_fails_before_stripe_is_called(payment_stack: PaymentStack) -> None:
+    """The risk check (in prepare_payment's transaction since patch prepare-screens-v1) refuses a
+    blocklisted customer: FAILED, no PaymentIntent, nothing booked."""
+    customer = f"cus_blocked_{uuid.uuid4().hex[:8]}"
+    async with payment_stack.engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO risk_blocklist (kind, value, reason) VALUES ('customer', :value, 'chargeback ring')"),
+            {"value": customer},
+        )
+    payment = new_order(customer=customer)
+    state, handle = await start(payment_stack, payment)
+    final = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT_SECONDS)
+    assert (state.status, final.status, final.failure_code) == ("FAILED", "FAILED", "risk_blocked")
+    assert final.failure_message == "customer is blocklisted: chargeback ring"
+    assert intents_for(payment_stack, payment.order_id) == []
+    trail = await audit_trail(payment_stack, state.payment_id)
+    assert [step[:2] for step in trail] == [(None, "CREATED"), ("CREATED", "FAILED")]
+
+
+async def test_amount_above_the_review_limit_waits_for_a_human(payment_stack: PaymentStack) -> None:
+    payment = new_order(amount=RISK_REVIEW_AMOUNT_MINOR + 1)
+    state, handle = await start(payment_stack, payment)
+    state = await wait_for_status(handle, "NEEDS_REVIEW")
+    assert intents_for(payment_stack, payment.order_id) == []
+    async with payment_stack.engine.connect() as connection:
+        item = (
+            await connection.execute(
+                text("SELECT kind, reason, status FROM review_items WHERE payment_id = :id"), {"id": state.payment_id}
+            )
+        ).one()
+    assert (item.kind, item.status) == ("risk_review", "open")
+    assert item.reason == f"risk check: amount {RISK_REVIEW_AMOUNT_MINOR + 1} above RISK_REVIEW_AMOUNT_MINOR"

@@ -75,6 +75,7 @@ from workflows.payment_shell import (
     FIRST_MILESTONE_WAIT_SECONDS_DEFAULT,
     FIRST_MILESTONE_WAIT_SECONDS_MAX,
     PATCH_FAULT_PATHS,
+    PATCH_PREPARE_SCREENS,
     PREPARE_ROUNDS_MAX,
     E,
     S,
@@ -254,22 +255,26 @@ class PaymentWorkflow(EventSteps):
             capture_method=request.capture_method,
         )
         self._upsert_search_attributes()
-        prepared = await self._prepare(request, payment_id)
+        # Histories from before the patch ran the risk check as its own local activity.
+        screened = workflow.patched(PATCH_PREPARE_SCREENS)
+        prepared = await self._prepare(request, payment_id, screen=screened)
         if prepared is None:
             return
         self._state.split = prepared.split
         async with self._lock:
-            risk = await self._db(
-                "risk_check",
-                RiskCheckInput(
-                    payment_id=payment_id,
-                    customer=request.customer,
-                    amount=request.amount,
-                    currency=request.currency,
-                    payment_method=request.payment_method,
-                ),
-                RiskCheckResult,
-            )
+            risk = prepared.risk
+            if risk is None:
+                risk = await self._db(
+                    "risk_check",
+                    RiskCheckInput(
+                        payment_id=payment_id,
+                        customer=request.customer,
+                        amount=request.amount,
+                        currency=request.currency,
+                        payment_method=request.payment_method,
+                    ),
+                    RiskCheckResult,
+                )
             if risk.outcome == "block":
                 self._state.failure_code = "risk_blocked"
                 self._state.failure_message = risk.reason
@@ -288,7 +293,7 @@ class PaymentWorkflow(EventSteps):
                 await self._transition(E.RISK_ALLOWED, reason=risk.reason)
                 self._state.charge_requested = True
 
-    async def _prepare(self, request: PaymentInput, payment_id: str) -> PreparePaymentResult | None:
+    async def _prepare(self, request: PaymentInput, payment_id: str, *, screen: bool) -> PreparePaymentResult | None:
         """Create the payments row; None when the payment ended (invalid, or never recorded)."""
         state = self._require_state()
         for round_number in range(1, PREPARE_ROUNDS_MAX + 1):
@@ -309,6 +314,7 @@ class PaymentWorkflow(EventSteps):
                         metadata=request.metadata,
                         request_fingerprint=request.request_fingerprint,
                         request_id=request.request_id,
+                        payment_method=request.payment_method if screen else None,
                     ),
                     PreparePaymentResult,
                 )

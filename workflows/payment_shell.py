@@ -61,6 +61,8 @@ ResultT = TypeVar("ResultT")
 PATCH_FAULT_PATHS = "fault-paths-v2"
 # Refund events handled (before: recorded as ignored); dispute status recorded and searchable.
 PATCH_REFUNDS = "refunds-v1"
+# The risk check runs inside prepare_payment's transaction (one local activity fewer; #16).
+PATCH_PREPARE_SCREENS = "prepare-screens-v1"
 DATABASE_ACTIVITY_TIMEOUT = timedelta(seconds=30)
 FIRST_MILESTONE_WAIT_SECONDS_DEFAULT = 20
 FIRST_MILESTONE_WAIT_SECONDS_MAX = 60
