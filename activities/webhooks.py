@@ -53,7 +53,7 @@ from activities.webhook_types import (
 )
 from penny import webhook_metrics as metrics
 from penny.settings import Settings
-from workflows.payment_models import SIGNAL_STRIPE_EVENT, StripeEventSignal
+from workflows.payment_models import SIGNAL_STRIPE_EVENT, StripeEventSignal, payment_workflow_acts_on
 
 logger = logging.getLogger("penny.webhooks")
 
@@ -517,7 +517,12 @@ async def route_event(engine: AsyncEngine, event: ParsedEvent, payouts: PayoutLo
     if event.object_type not in PAYMENT_OBJECT_TYPES:
         return Route("ignored", f"{event.type} ({event.object_type or 'no object'}) is not about a payment")
     async with engine.connect() as connection:
-        return await route_payment_object(connection, event)
+        route = await route_payment_object(connection, event)
+    if route.outcome == "route" and not payment_workflow_acts_on(event.type, event.object_type):
+        # The workflow would only record it as ignored: say so here, without waking it.
+        reason = f"{event.type} needs no action from the payment workflow ({route.reason})"
+        return Route("ignored", reason, route.targets)
+    return route
 
 
 # =============================================================================== delivery
@@ -594,7 +599,7 @@ class WebhookProcessor:
                 metrics.UNROUTED.labels(metrics.type_label(event.type)).inc()
                 return ProcessOutcome(STATUS_UNROUTED, reason=route.reason)
             if route.outcome == "ignored":
-                await self._finish(row, event, STATUS_IGNORED, route.reason, [], [])
+                await self._finish(row, event, STATUS_IGNORED, route.reason, [], [], about=route.targets)
                 metrics.IGNORED.labels(metrics.type_label(event.type)).inc()
                 return ProcessOutcome(STATUS_IGNORED, reason=route.reason)
             delivered, closed = await self._signal_all(event, route)
@@ -645,9 +650,11 @@ class WebhookProcessor:
         reason: str,
         delivered: list[Target],
         closed: list[Target],
+        about: list[Target] | None = None,
     ) -> None:
-        """One transaction: the inbox row's outcome, the audit of closed payments, the review items."""
-        payment_ids = [target.payment_id for target in (*delivered, *closed)]
+        """One transaction: the inbox row's outcome, the audit of closed payments, the review items.
+        `about`: the payments an ignored event concerns (recorded on its row)."""
+        payment_ids = [target.payment_id for target in (*delivered, *closed, *(about or []))]
         async with self._engine.begin() as connection:
             await connection.execute(
                 text(

@@ -681,13 +681,16 @@ async def test_an_event_for_a_payment_not_known_yet_is_routed_again_by_the_relay
 
                 async def routed() -> bool:
                     [row] = await inbox_rows(engine, "event_id = :id", {"id": early["id"]})
-                    return bool(row.status == "delivered")
+                    return bool(row.status != "received")
 
                 await wait_until(routed, 20, "the relay to route the event once the payment is known")
             finally:
                 await relay.terminate("test over")
         [row] = await inbox_rows(engine, "event_id = :id", {"id": early["id"]})
-        assert row.payment_id == state.payment_id
+        # Routed to its payment; a charge.updated needs nothing from the workflow, so the router
+        # marks it ignored (for the payment) rather than waking the workflow.
+        assert (row.status, row.payment_id) == ("ignored", state.payment_id)
+        assert row.last_error == "charge.updated needs no action from the payment workflow (by PaymentIntent id)"
         async with engine.connect() as connection:
             reviews = (
                 await connection.execute(
@@ -697,3 +700,29 @@ async def test_an_event_for_a_payment_not_known_yet_is_routed_again_by_the_relay
         assert reviews == 0
     finally:
         api.stop()
+
+
+async def test_events_the_workflow_never_acts_on_are_ignored_without_waking_it(
+    webhooks: WebhookSetup, payment_stack: PaymentStack
+) -> None:
+    """charge.succeeded is routed to its payment and marked ignored by the router itself (the
+    workflow would only have recorded it as ignored); payment_intent.succeeded still reaches it."""
+    state, handle = await start_requires_action(payment_stack)
+    await webhooks.control.complete_action(state.stripe_payment_intent_id or "", "succeed")
+    await wait_for_status(handle, "CAPTURED", timeout=20)
+    assert await webhooks.control.wait_for_webhooks(timeout_seconds=20)
+    engine = payment_stack.engine
+
+    async def both_processed() -> bool:
+        rows = await inbox_for_intents(engine, [state.stripe_payment_intent_id or ""])
+        kinds = {row.type: row.status for row in rows}
+        return kinds.get("charge.succeeded") == "ignored" and kinds.get("payment_intent.succeeded") == "delivered"
+
+    await wait_until(both_processed, 10, "charge.succeeded ignored and payment_intent.succeeded delivered")
+    rows = {row.type: row for row in await inbox_for_intents(engine, [state.stripe_payment_intent_id or ""])}
+    charge = rows["charge.succeeded"]
+    assert charge.payment_id == state.payment_id
+    assert charge.last_error.startswith("charge.succeeded needs no action from the payment workflow (by ")
+    trail = await events_for_payment(engine, state.payment_id)
+    assert charge.event_id not in {row.stripe_event_id for row in trail}
+    assert rows["payment_intent.succeeded"].event_id in {row.stripe_event_id for row in trail}

@@ -11,6 +11,8 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows import payment_core as core
 from workflows.payment_models import (
+    REFUND_EVENT_TYPES,
+    SETTLEMENT_HINT_EVENT_TYPES,
     StripeEventSignal,
 )
 from workflows.payment_refunds import RefundSteps
@@ -25,8 +27,7 @@ from workflows.payment_shell import (
 )
 from workflows.state_machine import decide
 
-# Events about one refund (their object is the refund): re-fetched and acted on.
-REFUND_EVENT_TYPES = frozenset({"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"})
+# REFUND_EVENT_TYPES: events about one refund (their object is the refund): re-fetched and acted on.
 
 
 class EventSteps(RefundSteps):
@@ -47,9 +48,10 @@ class EventSteps(RefundSteps):
     async def _handle_event(self, event: StripeEventSignal) -> None:
         state = self._require_state()
         kind = event.type
+        # Keep in step with payment_workflow_acts_on (the webhook router's filter).
         if kind.startswith("payment_intent."):
             await self._handle_intent_event(event)
-        elif kind in ("balance.available", "payout.paid", "payout.reconciliation_completed"):
+        elif kind in SETTLEMENT_HINT_EVENT_TYPES:
             state.settlement_hint = True
         elif kind.startswith("transfer."):
             await self._handle_transfer_event(event)

@@ -20,6 +20,24 @@ UPDATE_REFUND = "refund"
 QUERY_STATE = "state"
 SIGNAL_STRIPE_EVENT = "stripe_event"
 
+# Stripe event types the payment workflow acts on (workflows/payment_events.py, _handle_event).
+# It records every other type as ignored, whatever the payment's state, so the webhook router
+# (activities/webhooks.py) marks those ignored itself instead of signalling the workflow: a
+# signal, a workflow task and a local activity fewer per such event (#16).
+REFUND_EVENT_TYPES = frozenset({"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"})
+SETTLEMENT_HINT_EVENT_TYPES = frozenset({"balance.available", "payout.paid", "payout.reconciliation_completed"})
+ACTED_ON_EVENT_PREFIXES = ("payment_intent.", "transfer.", "charge.dispute.")
+
+
+def payment_workflow_acts_on(event_type: str, object_type: str | None) -> bool:
+    """Whether PaymentWorkflow does anything with a Stripe event of this type but record it."""
+    return (
+        event_type.startswith(ACTED_ON_EVENT_PREFIXES)
+        or event_type in SETTLEMENT_HINT_EVENT_TYPES
+        or (event_type in REFUND_EVENT_TYPES and object_type == "refund")
+    )
+
+
 DAY_SECONDS = 24 * 3600
 
 
