@@ -46,10 +46,10 @@ SETTLEMENT_CLOCK_ADVANCE_SECONDS = 3 * 24 * 3600
 DEFAULT_RUN_TIMEOUT_SECONDS = 60.0
 REQUEST_SPAN = "POST /v1/payments"
 START_SPAN = "StartUpdateWithStartWorkflow:PaymentWorkflow"
-# The activities every captured-and-settled single-seller payment runs (the workflow's own names).
+# The activities every captured-and-settled single-seller payment runs (the workflow's own names;
+# the risk check runs inside prepare_payment since patch prepare-screens-v1).
 PAYMENT_ACTIVITIES = {
     "prepare_payment",
-    "risk_check",
     "apply_transition",
     "stripe_create_payment_intent",
     "stripe_charge_balance",
