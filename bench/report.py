@@ -7,7 +7,7 @@ payments, ...). This script runs them one after another on a quiet machine, time
 writes their output verbatim under a header that says when, where and at which commit, so anyone
 can reproduce a figure with the command shown above it.
 
-    .venv/bin/python bench/report.py                 # all, default sizes (about 15 minutes here)
+    .venv/bin/python bench/report.py                 # all, default sizes (about 20 minutes here)
     .venv/bin/python bench/report.py ledger payments # some of them
 """
 
@@ -30,8 +30,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 REPORT = BENCH_DIR / "REPORT.md"
 # In the order they run: cheapest first, so a failure shows early.
-BENCHMARKS = ("emulator", "ledger", "webhooks", "payments", "api")
+BENCHMARKS = ("emulator", "ledger", "webhooks", "payments", "workers", "api")
 BENCHMARK_TIMEOUT_SECONDS = 1800
+# Extra arguments per benchmark in the report: the ledger's server-side profile is part of it.
+BENCHMARK_ARGUMENTS = {"ledger": ["--profile"]}
+# Hand-written: where the time goes, from the profiles (py-spy, pg_stat_statements) behind the
+# changes, appended to the report as it is.
+PROFILE_NOTES = BENCH_DIR / "PROFILE.md"
 
 
 def _git_commit() -> str:
@@ -62,7 +67,7 @@ def machine() -> str:
 
 
 def run(name: str) -> tuple[str, float, int]:
-    command = [sys.executable, str(BENCH_DIR / f"{name}.py")]
+    command = [sys.executable, str(BENCH_DIR / f"{name}.py"), *BENCHMARK_ARGUMENTS.get(name, [])]
     began = time.monotonic()
     try:
         finished = subprocess.run(
@@ -93,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(output, flush=True)
         failed += code != 0
         status = "" if code == 0 else f" — **exit code {code}**"
-        command = f"`.venv/bin/python bench/{name}.py` — {seconds:.0f} s{status}"
+        arguments = "".join(f" {argument}" for argument in BENCHMARK_ARGUMENTS.get(name, []))
+        command = f"`.venv/bin/python bench/{name}.py{arguments}` — {seconds:.0f} s{status}"
         sections.append(f"## {name}\n\n{command}\n\n```\n{output.rstrip()}\n```\n")
     header = (
         "# Benchmark report\n\n"
@@ -102,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "the load generator) shares this machine. Each benchmark prints its figures beside the baseline it "
         "measured in the same run; re-run one with the command above its output.\n"
     )
-    REPORT.write_text(header + "\n" + "\n".join(sections))
+    notes = PROFILE_NOTES.read_text() if PROFILE_NOTES.exists() else ""
+    REPORT.write_text(header + "\n" + "\n".join(sections) + ("\n" + notes if notes else ""))
     print(f"bench: wrote {REPORT.relative_to(ROOT)}")
     return 1 if failed else 0
 
