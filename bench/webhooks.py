@@ -5,11 +5,13 @@
 Builds the real stack in separate processes: embedded PostgreSQL (migrated), the Temporal dev
 server, the Stripe emulator, the Penny worker (`worker.py`, which also starts the webhook
 relay) and the Penny API under uvicorn with the webhook router. It opens `--payments`
-manual-capture payments (they wait AUTHORIZED), then POSTs signed `charge.updated` events
+manual-capture payments (they wait AUTHORIZED), then POSTs signed `transfer.updated` events
 routed to them by metadata order id: each request verifies the signature, inserts into the
 inbox, routes, signals the payment workflow and marks the event delivered. Then it sends the
-same events again: the duplicate path (verify + insert conflict + 200). Prints events/s and
-p50/p99 latency for both. The load comes from one httpx.AsyncClient in this process.
+same events again: the duplicate path (verify + insert conflict + 200). Last, new
+`charge.updated` events: a type the payment workflow never acts on, which the router marks
+ignored without a signal. Prints events/s and p50/p99 latency for each. The load comes from
+one httpx.AsyncClient in this process.
 """
 
 from __future__ import annotations
@@ -70,14 +72,19 @@ def wait_http(url: str) -> None:
     raise SystemExit(f"{url} did not answer")
 
 
-def event_body(order_id: str) -> bytes:
+def event_body(order_id: str, event_type: str = "transfer.updated") -> bytes:
+    """A signed-to-be event routed to `order_id` by metadata. `transfer.updated` is a type the
+    payment workflow acts on, so it is signalled (the workflow then finds nothing to book and
+    records it as ignored); `charge.updated` is one it never acts on, so the router itself marks
+    it ignored without signalling."""
+    prefix, kind = ("tr", "transfer") if event_type.startswith("transfer.") else ("ch", "charge")
     event = {
         "id": f"evt_bench_{uuid.uuid4().hex}",
         "object": "event",
         "created": int(time.time()),
         "livemode": False,
-        "type": "charge.updated",
-        "data": {"object": {"id": f"ch_bench_{uuid.uuid4().hex[:16]}", "object": "charge", "status": "succeeded",
+        "type": event_type,
+        "data": {"object": {"id": f"{prefix}_bench_{uuid.uuid4().hex[:16]}", "object": kind, "status": "succeeded",
                             "amount": 5000, "metadata": {"order_id": order_id}}},
     }  # fmt: skip
     return json.dumps(event, separators=(",", ":")).encode()
@@ -171,6 +178,9 @@ async def bench(args: argparse.Namespace, api_url: str, temporal_address: str) -
     report("verified + stored + signalled", elapsed, latencies, codes)
     elapsed, latencies, codes = await post_all(api_url, bodies, args.concurrency)
     report("duplicates (verified, stopped)", elapsed, latencies, codes)
+    unsignalled = [event_body(orders[index % len(orders)], "charge.updated") for index in range(args.events)]
+    elapsed, latencies, codes = await post_all(api_url, unsignalled, args.concurrency)
+    report("routed, not signalled (charge.updated)", elapsed, latencies, codes)
 
 
 def main() -> None:
