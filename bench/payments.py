@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/ledger.py must not shadow the ledger package
 
-from _bare_workflow import BARE_ACTIVITY_COUNT, BareWorkflow  # noqa: E402
+from _bare_workflow import BARE_ACTIVITY_COUNT, BARE_AFTER_MILESTONE_COUNT, BareWorkflow  # noqa: E402
 from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 
@@ -220,7 +220,7 @@ async def main_async(payments: int, concurrencies: list[int]) -> None:
             print(f" concurrency {concurrency}:")
             # The bare baseline keeps the 7-activity shape a payment had before #16; a payment now
             # runs 6 (the risk check moved into prepare_payment), so the ratio is conservative.
-            bare_rate = report("bare Temporal (7 no-op activities)", bare_elapsed, bare_latencies)
+            bare_rate = report(f"bare Temporal ({BARE_ACTIVITY_COUNT + BARE_AFTER_MILESTONE_COUNT} no-op activities)", bare_elapsed, bare_latencies)
             penny_rate = report("Penny payment to CAPTURED", penny_elapsed, penny_latencies)
             print(f"  ratio Penny / bare = {penny_rate / bare_rate:.2f}   first milestones: {statuses}")
 
