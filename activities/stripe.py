@@ -57,6 +57,8 @@ from penny.settings import Settings
 
 STRIPE_HTTP_TIMEOUT_SECONDS = 20.0
 SEARCH_RESULTS_MAX = 10
+# The PaymentIntent's charge with its balance transaction (Stripe's fee), in the same response.
+EXPAND_CHARGE_FEE = "latest_charge.balance_transaction"
 TRANSFER_PAGE_SIZE = 100
 TRANSFER_PAGES_MAX = 10
 
@@ -78,7 +80,11 @@ def snapshot(stripe_intent: Any) -> IntentSnapshot:
     error = intent.get("last_payment_error") or {}
     metadata = intent.get("metadata") or {}
     latest_charge = intent.get("latest_charge")
+    charge_fee = None
     if isinstance(latest_charge, dict):
+        transaction = latest_charge.get("balance_transaction")
+        if isinstance(transaction, dict):
+            charge_fee = int(transaction.get("fee") or 0)
         latest_charge = latest_charge.get("id")
     return IntentSnapshot(
         id=intent["id"],
@@ -92,6 +98,7 @@ def snapshot(stripe_intent: Any) -> IntentSnapshot:
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
         order_id=metadata.get("order_id"),
+        charge_fee=charge_fee,
     )
 
 
@@ -203,6 +210,8 @@ class StripeActivities:
             params["transfer_data"] = {"destination": request.destination_account}
             if request.application_fee_amount:
                 params["application_fee_amount"] = request.application_fee_amount
+        if request.expand_fee:
+            params["expand"] = [EXPAND_CHARGE_FEE]
         try:
             intent = await self._client.v1.payment_intents.create_async(
                 params,  # type: ignore[arg-type]
@@ -273,7 +282,9 @@ class StripeActivities:
 
     @activity.defn(name="stripe_capture_payment_intent")
     async def capture_payment_intent(self, request: IntentActionInput) -> IntentSnapshot:
-        params = {} if request.amount is None else {"amount_to_capture": request.amount}
+        params: dict[str, Any] = {} if request.amount is None else {"amount_to_capture": request.amount}
+        if request.expand_fee:
+            params["expand"] = [EXPAND_CHARGE_FEE]
         return await self._intent_action(self._client.v1.payment_intents.capture_async, "capture", request, params)
 
     @activity.defn(name="stripe_cancel_payment_intent")

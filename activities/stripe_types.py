@@ -27,6 +27,10 @@ class CreateIntentInput:
     transfer_group: str | None = None
     destination_account: str | None = None
     application_fee_amount: int | None = None
+    # Ask Stripe for the charge's balance transaction in the same response (its fee): the
+    # workflow then books the fee without a charge lookup. False for activities scheduled
+    # before patch fee-from-intent-v1, so their retries send the request they first sent.
+    expand_fee: bool = False
 
 
 @dataclass
@@ -44,6 +48,9 @@ class IntentSnapshot:
     failure_code: str | None = None
     failure_message: str | None = None
     order_id: str | None = None
+    # Stripe's fee on latest_charge, when the response carried its balance transaction
+    # (expanded; a charge has one once it is captured). None: not known from this response.
+    charge_fee: int | None = None
 
 
 @dataclass
@@ -82,6 +89,7 @@ class IntentActionInput:
     idempotency_key: str
     amount: int | None = None
     reason: str | None = None
+    expand_fee: bool = False  # as CreateIntentInput.expand_fee
 
 
 @dataclass

@@ -2,11 +2,12 @@
 each doing nothing, and the same first-milestone update.
 
 A payment to CAPTURED runs 4 activities (prepare with its risk screen, transition, create the
-PaymentIntent, transition) and then 2 more (charge balance, book fee and transfer) while the
-next payments start (tests/histories/prepare_screens_v1_automatic_capture_settled.json). The
-baseline runs 4, answers the milestone, then runs 2; the database ones are local activities in
-both, as in PaymentWorkflow. (Before patch prepare-screens-v1 the risk check was an activity of
-its own, and this baseline ran 5 + 2.)"""
+PaymentIntent, transition) and then 1 more (book Stripe's fee and the destination charge) while
+the next payments start (tests/histories/fee_from_intent_v1_automatic_capture_settled.json).
+The baseline runs 4, answers the milestone, then runs 1; the database ones are local
+activities in both, as in PaymentWorkflow. (Before patch prepare-screens-v1 the risk check was
+an activity of its own; before fee-from-intent-v1 a stripe_charge_balance activity looked the
+fee up after the milestone: this baseline ran 5 + 2, then 4 + 2.)"""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from datetime import timedelta
 from temporalio import activity, workflow
 
 BARE_ACTIVITY_COUNT = 4  # prepare (risk screen inside), transition, create PaymentIntent, transition
-BARE_AFTER_MILESTONE_COUNT = 2  # charge balance, book fee + destination transfer
+BARE_AFTER_MILESTONE_COUNT = 1  # book fee + destination transfer
 # Which of the steps are local activities in PaymentWorkflow (database work).
-LOCAL_STEPS = frozenset({0, 1, 3, 5})
+LOCAL_STEPS = frozenset({0, 1, 3, 4})
 
 
 @activity.defn(name="bare_noop")

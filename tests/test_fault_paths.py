@@ -152,7 +152,9 @@ def settled_postings(split: Any, fee: int, seller_parts: dict[str, int]) -> dict
 async def test_why1_stripe_down_after_capture_goes_to_review_and_retry_pays_everyone(
     payment_stack: PaymentStack,
 ) -> None:
-    """The fee lookup after capture fails past its retries: review (not a Failed workflow); retry pays once."""
+    """Stripe's charge lookups fail after capture: the sellers are still paid (the fee came with
+    the confirm response, patch fee-from-intent-v1), the settlement poll fails past its retries
+    into review (not a Failed workflow), and a retry settles with nothing paid twice."""
     down = payment_stack.emulator.control.add_fault("GET", "/v1/charges/*", "error_500_before")
     payment = two_recipient_order()
     state, handle = await start(payment_stack, payment)
@@ -164,7 +166,9 @@ async def test_why1_stripe_down_after_capture_goes_to_review_and_retry_pays_ever
     assert item.details["status_before"] == "CAPTURED"
     assert item.details["payment_intent"] == state.stripe_payment_intent_id
     assert "retry" in item.details["resume"]
-    assert transfers_for(payment_stack, payment.order_id) == []
+    assert state.split is not None
+    paid = {transfer["destination"]: transfer["amount"] for transfer in transfers_for(payment_stack, payment.order_id)}
+    assert paid == {part.account_id: part.amount for part in state.split.parts}
     row = await payment_row(payment_stack, state.payment_id)
     assert (row.status, row.amount_captured) == ("NEEDS_REVIEW", 10_000)
 
@@ -174,14 +178,46 @@ async def test_why1_stripe_down_after_capture_goes_to_review_and_retry_pays_ever
     final = await settle(payment_stack, handle)
     assert final.status == "SETTLED"
     assert final.split is not None
+    assert len(transfers_for(payment_stack, payment.order_id)) == 2
+    fee = stripe_fee(payment_stack, str(final.stripe_charge_id))
+    assert final.stripe_fee == fee
+    assert await postings_by_account(payment_stack, state.payment_id) == settled_postings(final.split, fee, paid)
+    [item] = await review_items(payment_stack, state.payment_id)
+    assert (item.status, item.resolution, item.resolved_by) == ("resolved", "retry", "operator:olga")
+    assert item.resolution_note == "checked at Stripe" and item.resolved_at is not None
+    assert await ledger_findings(payment_stack) == []
+
+
+async def test_why1_fee_lookup_after_an_ambiguous_create_fails_into_review_and_retry_pays_everyone(
+    payment_stack: PaymentStack,
+) -> None:
+    """A PaymentIntent found by lookup (the create's answer was lost) carries no fee, so the fee
+    is looked up on the charge; with charges down that lookup fails past its retries into
+    review before anyone is paid, and a retry pays everyone once."""
+    payment_stack.emulator.control.add_fault("POST", "/v1/payment_intents", "error_500_after", count=1)
+    down = payment_stack.emulator.control.add_fault("GET", "/v1/charges/*", "error_500_before")
+    payment = two_recipient_order()
+    state, handle = await start(payment_stack, payment)
+    state = await wait_for_status(handle, "NEEDS_REVIEW")
+    assert await running(handle)
+    [item] = await review_items(payment_stack, state.payment_id)
+    assert (item.kind, item.details["step"], item.details["status_before"]) == (
+        "step_failed",
+        "stripe_charge_balance",
+        "CAPTURED",
+    )
+    assert transfers_for(payment_stack, payment.order_id) == []
+    assert len(intents_for(payment_stack, payment.order_id)) == 1
+
+    payment_stack.emulator.control.remove_fault(down)
+    assert (await resolve(handle, "retry")).status == "CAPTURED"
+    final = await settle(payment_stack, handle)
+    assert final.status == "SETTLED" and final.split is not None
     paid = {transfer["destination"]: transfer["amount"] for transfer in transfers_for(payment_stack, payment.order_id)}
     assert paid == {part.account_id: part.amount for part in final.split.parts}
     assert len(transfers_for(payment_stack, payment.order_id)) == 2
     fee = stripe_fee(payment_stack, str(final.stripe_charge_id))
     assert await postings_by_account(payment_stack, state.payment_id) == settled_postings(final.split, fee, paid)
-    [item] = await review_items(payment_stack, state.payment_id)
-    assert (item.status, item.resolution, item.resolved_by) == ("resolved", "retry", "operator:olga")
-    assert item.resolution_note == "checked at Stripe" and item.resolved_at is not None
     assert await ledger_findings(payment_stack) == []
 
 

@@ -29,7 +29,7 @@ from workflows.payment_models import (
     CancelRequest,
     CaptureRequest,
 )
-from workflows.payment_shell import CHARGED_STATUSES, E, PaymentShell, S, StepFailed
+from workflows.payment_shell import CHARGED_STATUSES, PATCH_FEE_FROM_INTENT, E, PaymentShell, S, StepFailed
 
 
 class ChargeSteps(PaymentShell):
@@ -52,6 +52,7 @@ class ChargeSteps(PaymentShell):
             transfer_group=request.order_id,
             destination_account=split.parts[0].account_id if single_destination and split else None,
             application_fee_amount=(split.platform_fee + split.tax) if single_destination and split else None,
+            expand_fee=workflow.patched(PATCH_FEE_FROM_INTENT),
         )
 
         async def act(key: str) -> IntentSnapshot:
@@ -113,6 +114,7 @@ class ChargeSteps(PaymentShell):
         state.stripe_status = intent.status
         if intent.status in CHARGED_STATUSES:
             state.stripe_charge_id = intent.latest_charge
+        self._note_charge_fee(intent)
         if intent.status == "requires_action":
             state.next_action_url = intent.next_action_url
         plan = core.plan_for_intent(state, intent, reason)
@@ -142,6 +144,12 @@ class ChargeSteps(PaymentShell):
                 resume="refund the extra PaymentIntents at Stripe, then resolve with `retry`",
             )
         return applied
+
+    def _note_charge_fee(self, intent: IntentSnapshot) -> None:
+        """Keep Stripe's fee when the response carried the charge's balance transaction."""
+        if intent.charge_fee is not None and intent.latest_charge:
+            state = self._require_state()
+            state.stripe_charge_fee, state.stripe_charge_fee_charge_id = intent.charge_fee, intent.latest_charge
 
     async def _apply_plan(
         self,
@@ -242,9 +250,9 @@ class ChargeSteps(PaymentShell):
         assert intent_id is not None
 
         async def act(key: str) -> IntentSnapshot:
-            return await self._stripe(
-                "stripe_capture_payment_intent", IntentActionInput(intent_id, key, amount=amount), IntentSnapshot
-            )
+            expand_fee = workflow.patched(PATCH_FEE_FROM_INTENT)
+            action = IntentActionInput(intent_id, key, amount=amount, expand_fee=expand_fee)
+            return await self._stripe("stripe_capture_payment_intent", action, IntentSnapshot)
 
         intent = await self._stripe_post(
             "capture",
@@ -258,6 +266,7 @@ class ChargeSteps(PaymentShell):
                 intent, actor="workflow", reason=f"capture found the PaymentIntent {intent.status}"
             )
             return
+        self._note_charge_fee(intent)
         released = state.amount_capturable - intent.amount_received
         plan = core.plan_for_intent(
             state, intent, f"captured {intent.amount_received}" + (f", released {released}" if released else "")

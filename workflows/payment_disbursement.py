@@ -138,12 +138,16 @@ class DisbursementSteps(ChargeSteps):
         assert state.split is not None
         fee_booking: list[LedgerAction] = []
         if state.stripe_charge_id:
-            balance = await self._stripe(
-                "stripe_charge_balance", ChargeBalanceInput(state.stripe_charge_id), ChargeBalance
-            )
-            state.stripe_fee = balance.fee
-            if balance.fee:
-                fee_booking = [LedgerAction("processing_fee", amount=balance.fee)]
+            if state.stripe_charge_fee is not None and state.stripe_charge_fee_charge_id == state.stripe_charge_id:
+                # The create or capture response carried the fee (patch fee-from-intent-v1).
+                state.stripe_fee = state.stripe_charge_fee
+            else:
+                balance = await self._stripe(
+                    "stripe_charge_balance", ChargeBalanceInput(state.stripe_charge_id), ChargeBalance
+                )
+                state.stripe_fee = balance.fee
+            if state.stripe_fee:
+                fee_booking = [LedgerAction("processing_fee", amount=state.stripe_fee)]
         parts = core.captured_parts(state.split, state.amount_captured)
         if state.capture_method == "automatic" and len(state.split.parts) == 1:
             # Stripe moved the seller's money with the charge itself: fee and transfer are

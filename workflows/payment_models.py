@@ -263,6 +263,10 @@ class PaymentState:
     amount_refunded: int = 0
     stripe_fee: int = 0
     stripe_payment_intent_id: str | None = None
+    # Stripe's fee on a charge as a PaymentIntent response reported it (expanded balance
+    # transaction), and which charge: the fee is then booked without a charge lookup.
+    stripe_charge_fee: int | None = None
+    stripe_charge_fee_charge_id: str | None = None
     stripe_charge_id: str | None = None
     stripe_status: str | None = None
     split: ComputedSplit | None = None

@@ -63,6 +63,10 @@ PATCH_FAULT_PATHS = "fault-paths-v2"
 PATCH_REFUNDS = "refunds-v1"
 # The risk check runs inside prepare_payment's transaction (one local activity fewer; #16).
 PATCH_PREPARE_SCREENS = "prepare-screens-v1"
+# The create and capture requests expand the charge's balance transaction, and the fee it
+# reports is booked without a stripe_charge_balance activity (one activity and one Stripe call
+# fewer per payment; #16).
+PATCH_FEE_FROM_INTENT = "fee-from-intent-v1"
 DATABASE_ACTIVITY_TIMEOUT = timedelta(seconds=30)
 FIRST_MILESTONE_WAIT_SECONDS_DEFAULT = 20
 FIRST_MILESTONE_WAIT_SECONDS_MAX = 60
