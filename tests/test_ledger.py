@@ -640,3 +640,27 @@ async def test_the_ledger_statement_rides_the_driver_connection_inside_a_transac
         assert driver.is_in_transaction()
     async with engine.connect() as connection:
         assert await books._driver_connection(connection) is None
+
+
+async def test_posting_functions_plan_their_statements_once(engine: AsyncEngine) -> None:
+    """Migration 0012: the posting path's functions run with generic plans, not a new plan per
+    entry (bench/PROFILE.md); every other function keeps the server's default."""
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT p.proname, coalesce(p.proconfig, '{}') FROM pg_proc p"
+                    " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'ledger'"
+                )
+            )
+        ).all()
+    generic = {name for name, config in rows if "plan_cache_mode=force_generic_plan" in config}
+    assert generic == {
+        "post_entries",
+        "post_entry",
+        "resolve_pending",
+        "apply_postings",
+        "release_pending",
+        "check_entry",
+    }
+    assert all(config == [] for name, config in rows if name not in generic)
