@@ -122,6 +122,8 @@ STRIPE_GET_PATHS = (
 )
 TRANSIENT_STATUSES = ("created", "processing", "requires_action", "requires_payment_method", "authorized")
 WEBHOOKS_WAITING = "webhook:received"
+# Deliveries the emulator still holds (a dropped or delayed event waits for its retry).
+WEBHOOKS_AT_STRIPE = "webhook:at stripe"
 OUTBOX_WAITING = "outbox:undelivered"
 CHAOS_OPS_KEY_NAME = "penny-chaos-ops"
 # Statuses (payments rows) a payment passes through; quiescence is none of them left (and no
@@ -780,10 +782,17 @@ async def _reconcile(target: Target, run: ChaosRun, started_unix: int) -> Invari
 
 
 def _wait_quiescent(
-    run: ChaosRun, database_url: str, endpoint_id: str, supervise: Callable[[Callable[[], bool], float], bool]
+    run: ChaosRun,
+    database_url: str,
+    emulator_url: str,
+    endpoint_id: str,
+    supervise: Callable[[Callable[[], bool], float], bool],
 ) -> Counter[str]:
-    """Wait until no payment of the run is in a transient state and every outbox event of the run
+    """Wait until no payment of the run is in a transient state, the emulator has delivered every
+    webhook (retries of dropped and delayed ones included) and every outbox event of the run
     reached the subscriber (bounded). Returns the final states."""
+    from stripe_emulator.control import EmulatorControl
+
     order_ids = [plan.order_id for plan in run.plans]
     timeout = QUIESCENCE_TIMEOUT_SECONDS + QUIESCENCE_SECONDS_PER_ORDER * len(order_ids)
     latest: Counter[str] = Counter()
@@ -795,9 +804,14 @@ def _wait_quiescent(
             return False
         last_check = time.monotonic()
         latest = asyncio.run(_transient_payments(database_url, order_ids, endpoint_id))
-        # Stored webhook events still waiting for delivery count too: late disputes (the last
-        # clock advance opens them) arrive after every payment looks final.
-        return not any(status in latest for status in (*TRANSIENT_PAYMENT_STATUSES, WEBHOOKS_WAITING, OUTBOX_WAITING))
+        # Webhooks not yet handled count too, stored or still at the emulator: late disputes (the
+        # last clock advance opens them) and a dispute's closing event whose first delivery was
+        # dropped arrive after every payment looks final (DISPUTED is not transient).
+        with EmulatorControl(emulator_url) as control:
+            if not control.webhooks_idle():
+                latest[WEBHOOKS_AT_STRIPE] = 1
+        waiting = (*TRANSIENT_PAYMENT_STATUSES, WEBHOOKS_WAITING, WEBHOOKS_AT_STRIPE, OUTBOX_WAITING)
+        return not any(status in latest for status in waiting)
 
     if not supervise(quiet, timeout):
         say(f"  chaos: not quiescent after {timeout:.0f} s: {dict(latest)}")
@@ -913,7 +927,7 @@ def _soak_subscribed(
     say("  chaos: all orders driven; faults off, waiting for quiescence")
     faults = asyncio.run(_faults_fired(target.emulator_url))
     asyncio.run(_faults_off(target.emulator_url))
-    final_states = _wait_quiescent(run, target.database_url, outbox.endpoint_id, supervise)
+    final_states = _wait_quiescent(run, target.database_url, target.emulator_url, outbox.endpoint_id, supervise)
     faults.update(run.process_counts)
     faults["client retries"] = run.state.client_retries
     faults["card numbers refused"] = run.state.refused_card_numbers
@@ -925,6 +939,7 @@ def _soak_subscribed(
     invariants.append(asyncio.run(_reconcile(target, run, started_unix)))
     final_states.pop(WEBHOOKS_WAITING, None)
     final_states.pop(OUTBOX_WAITING, None)
+    final_states.pop(WEBHOOKS_AT_STRIPE, None)
     return ChaosReport(
         seed=options.seed,
         orders=options.orders,

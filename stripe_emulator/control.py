@@ -173,11 +173,15 @@ class EmulatorControl:
         body = {} if expires_in_seconds is None else {"expires_in_seconds": expires_in_seconds}
         return str(self._call("POST", f"/webhook_endpoints/{endpoint_id}/roll_secret", body)["secret"])
 
+    def webhooks_idle(self) -> bool:
+        """No webhook delivery is pending (a retry or a delay included) or in progress."""
+        return bool(self._call("GET", "/webhooks/idle")["idle"])
+
     def wait_for_webhooks(self, timeout_seconds: float = 10.0) -> bool:
         """Until no delivery is pending or in progress (retries included); False on timeout."""
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
-            if self._call("GET", "/webhooks/idle")["idle"]:
+            if self.webhooks_idle():
                 return True
             time.sleep(WAIT_POLL_SECONDS)
         return False
