@@ -133,6 +133,11 @@ async def running(handle: WorkflowHandle[Any, Any]) -> bool:
     return (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
 
 
+def paid_by_destination(payment_stack: PaymentStack, order_id: str) -> dict[str, int]:
+    """The order's transfers at the emulator, amount by destination account."""
+    return {transfer["destination"]: transfer["amount"] for transfer in transfers_for(payment_stack, order_id)}
+
+
 def settled_postings(split: Any, fee: int, seller_parts: dict[str, int]) -> dict[str, int]:
     """What a settled payment leaves in the ledger: the platform keeps fee + tax minus Stripe's fee."""
     net = split.total - fee - sum(seller_parts.values())
@@ -167,7 +172,7 @@ async def test_why1_stripe_down_after_capture_goes_to_review_and_retry_pays_ever
     assert item.details["payment_intent"] == state.stripe_payment_intent_id
     assert "retry" in item.details["resume"]
     assert state.split is not None
-    paid = {transfer["destination"]: transfer["amount"] for transfer in transfers_for(payment_stack, payment.order_id)}
+    paid = paid_by_destination(payment_stack, payment.order_id)
     assert paid == {part.account_id: part.amount for part in state.split.parts}
     row = await payment_row(payment_stack, state.payment_id)
     assert (row.status, row.amount_captured) == ("NEEDS_REVIEW", 10_000)
@@ -213,7 +218,7 @@ async def test_why1_fee_lookup_after_an_ambiguous_create_fails_into_review_and_r
     assert (await resolve(handle, "retry")).status == "CAPTURED"
     final = await settle(payment_stack, handle)
     assert final.status == "SETTLED" and final.split is not None
-    paid = {transfer["destination"]: transfer["amount"] for transfer in transfers_for(payment_stack, payment.order_id)}
+    paid = paid_by_destination(payment_stack, payment.order_id)
     assert paid == {part.account_id: part.amount for part in final.split.parts}
     assert len(transfers_for(payment_stack, payment.order_id)) == 2
     fee = stripe_fee(payment_stack, str(final.stripe_charge_id))
@@ -484,7 +489,7 @@ async def test_why5_captured_resolution_books_the_capture_like_the_normal_path(p
     final = await settle(payment_stack, handle)
     assert final.status == "SETTLED" and final.split is not None
     [intent] = intents_for(payment_stack, payment.order_id)
-    paid = {t["destination"]: t["amount"] for t in transfers_for(payment_stack, payment.order_id)}
+    paid = paid_by_destination(payment_stack, payment.order_id)
     assert paid == {part.account_id: part.amount for part in final.split.parts}
     fee = stripe_fee(payment_stack, intent["latest_charge"])
     assert await postings_by_account(payment_stack, state.payment_id) == settled_postings(final.split, fee, paid)
@@ -696,7 +701,7 @@ async def test_dispute_right_after_capture_still_pays_recipients_and_a_lost_disp
     await signal_dispute(handle, dispute, "charge.dispute.closed")
     final = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT_SECONDS)
     assert final.status == "REVERSED" and final.split is not None
-    paid = {t["destination"]: t["amount"] for t in transfers_for(payment_stack, payment.order_id)}
+    paid = paid_by_destination(payment_stack, payment.order_id)
     assert paid == {part.account_id: part.amount for part in final.split.parts}
     stripe_fee_amount = stripe_fee(payment_stack, str(final.stripe_charge_id))
     dispute_fee = sum(bt["fee"] for bt in dispute["balance_transactions"])
