@@ -28,6 +28,7 @@ from penny import tracing
 from penny.db import create_engine
 from penny.logs import configure_logging
 from penny.ops_monitor import monitor_forever
+from penny.payload_converter import with_penny_converter
 from penny.reconciliation_schedule import ensure_reconciliation_schedule
 from penny.settings import Settings, get_settings
 from penny.temporal_runtime import worker_runtime
@@ -122,7 +123,8 @@ def activity_functions(engine: AsyncEngine, settings: Settings, client: Client |
 
 def build_worker(client: Client, engine: AsyncEngine, settings: Settings, task_queue: str | None = None) -> Worker:
     return Worker(
-        client,
+        # Same connection; payloads decoded with each dataclass's field types resolved once (#16).
+        with_penny_converter(client),
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=list(workflow_classes()),
         activities=list(activity_functions(engine, settings, client)),

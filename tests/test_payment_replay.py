@@ -25,6 +25,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from penny.payload_converter import DATA_CONVERTER
 from tests.payment_fixtures import PaymentStack
 from tests.test_payment_workflow import new_order, settle, start, wait_for_status
 from workflows.health import HealthCheckWorkflow
@@ -48,7 +49,8 @@ def recorded_histories() -> list[Path]:
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[PaymentWorkflow, HealthCheckWorkflow])
+    # The worker's converter (penny.payload_converter): recorded payloads decode with it as they did.
+    return Replayer(workflows=[PaymentWorkflow, HealthCheckWorkflow], data_converter=DATA_CONVERTER)
 
 
 @pytest.mark.parametrize("history_file", recorded_histories(), ids=lambda path: path.stem)
