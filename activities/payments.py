@@ -14,6 +14,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
@@ -36,6 +37,7 @@ from activities.payment_types import (
 from ledger import chart
 from ledger import ledger as books
 from ledger.errors import LedgerError
+from ledger.models import EntryDraft
 from ledger.money import CaptureSplit, SplitRecipient, compute_split, scale_split
 from penny import payment_metrics as metrics
 from workflows.payment_models import ComputedSplit, RefundRecord, SplitPart
@@ -49,6 +51,38 @@ RISK_VELOCITY_WINDOW_SECONDS = 3600
 RISK_VELOCITY_MAX_PAYMENTS = 20  # per customer per window, before review
 # Version of the outbox event payload (README "Outbox events"); bump on an incompatible change.
 OUTBOX_SCHEMA_VERSION = 1
+# Splits kept per worker process (a payment's split never changes once prepared), so a
+# transition's ledger entries can be drafted before its one statement is sent. Past this many
+# the cache starts over; a miss costs one SELECT.
+SPLITS_CACHED_MAX = 10_000
+# Ledger actions whose entries follow from the split alone. A transition whose actions are all
+# of these (and that forces nothing, books no refund row and resolves no review) is sent as ONE
+# statement, `apply_transition` (migration 0013); the others take the general path below.
+ONE_STATEMENT_LEDGER_KINDS = frozenset(
+    {
+        "authorization_hold",
+        "capture",
+        "processing_fee",
+        "transfer",
+        "settlement",
+        "dispute_opened",
+        "dispute_won",
+        "dispute_lost",
+        "dispute_recovery",
+        "refund",
+        "refund_recovery",
+        "refund_failed",
+    }
+)
+_APPLY_TRANSITION_SQL = (
+    "SELECT outcome, status, ledger_entry_ids FROM apply_transition("
+    "$1::text, $2::text, $3::text, $4::text, $5::jsonb, $6::text, $7::text, $8::text, $9::text, $10::text,"
+    " $11::jsonb, $12::text, $13::text, $14::jsonb, $15::text, $16::integer, $17::jsonb, $18::text, "
+    + ", ".join(f"${number}::{sql_type}" for number, sql_type in enumerate(books.POST_ENTRIES_SQL_TYPES, start=19))
+    + ")"
+)
+# apply_transition's SQLSTATE for a row whose split is not the cached one (never expected).
+SPLIT_MISMATCH_SQLSTATE = "PN001"
 
 
 def _split_to_ledger(split: ComputedSplit) -> CaptureSplit:
@@ -74,6 +108,12 @@ def _split_from_json(payload: dict[str, Any]) -> ComputedSplit:
 class PaymentActivities:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._splits: dict[str, ComputedSplit] = {}
+
+    def _remember_split(self, payment_id: str, split: ComputedSplit) -> None:
+        if len(self._splits) >= SPLITS_CACHED_MAX:
+            self._splits.clear()
+        self._splits[payment_id] = split
 
     @activity.defn(name="prepare_payment")
     async def prepare_payment(self, request: PreparePaymentInput) -> PreparePaymentResult:
@@ -180,6 +220,7 @@ class PaymentActivities:
                         payment_method=request.payment_method,
                     ),
                 )
+        self._remember_split(request.payment_id, split)
         return PreparePaymentResult(split=split, created=inserted is not None, risk=risk)
 
     @activity.defn(name="risk_check")
@@ -244,6 +285,89 @@ class PaymentActivities:
             ) from error
 
     async def _apply_transition(self, request: TransitionInput) -> TransitionResult:
+        if (
+            not request.force
+            and request.refund is None
+            and request.resolution is None
+            and all(action.kind in ONE_STATEMENT_LEDGER_KINDS for action in request.ledger)
+        ):
+            result = await self._apply_in_one_statement(request)
+            if result is not None:
+                return result
+        return await self._apply_in_steps(request)
+
+    async def _apply_in_one_statement(self, request: TransitionInput) -> TransitionResult | None:
+        """The transition as ONE statement (`apply_transition`, migration 0013): one round trip,
+        its own transaction. None: this transition needs the general path (nothing was written)."""
+        async with self._engine.connect() as connection:
+            adapted = (await connection.get_raw_connection()).dbapi_connection
+            driver = getattr(adapted, "_connection", None)
+            if not isinstance(driver, asyncpg.Connection) or getattr(adapted, "_transaction", "missing") is not None:
+                return None  # not SQLAlchemy's asyncpg adapter as expected: the general path
+            split_json: str | None = None
+            hold_key: str | None = None
+            ledger_arguments: list[Any] = [[] for _ in books.POST_ENTRIES_SQL_TYPES]
+            if request.ledger:
+                split = self._splits.get(request.payment_id)
+                if split is None:
+                    stored = await driver.fetchval("SELECT split FROM payments WHERE id = $1", request.payment_id)
+                    if stored is None:
+                        return None  # no such payment: the general path reports it
+                    split = _split_from_json(json.loads(stored) if isinstance(stored, str | bytes) else stored)
+                    self._remember_split(request.payment_id, split)
+                drafts = [_draft_for(request.payment_id, split, action) for action in request.ledger]
+                if len({draft.idempotency_key for draft, _ in drafts}) != len(drafts):
+                    return None  # the general path posts them one by one
+                if any(action.kind == "capture" for action in request.ledger):
+                    hold_key = chart.authorization_hold(request.payment_id, 1, split.currency).idempotency_key
+                accounts = [spec for draft, _ in drafts for spec in chart.accounts_for(draft)]
+                ledger_arguments = books.post_entries_arguments(drafts, accounts)
+                split_json = json.dumps(asdict(split))
+            row = {name: value for name, value in asdict(request.row).items() if value is not None}
+            review = request.review
+            try:
+                outcome, status, entry_ids = await driver.fetchrow(
+                    _APPLY_TRANSITION_SQL,
+                    request.transition_id,
+                    request.payment_id,
+                    request.expected_status,
+                    request.to_status,
+                    json.dumps(row),
+                    request.event,
+                    request.actor,
+                    request.reason,
+                    request.stripe_event_id,
+                    request.request_id,
+                    json.dumps(dict(request.details)),
+                    review.kind if review is not None else None,
+                    review.reason if review is not None else None,
+                    json.dumps(review.details if review is not None else {}),
+                    request.reason[:500],
+                    OUTBOX_SCHEMA_VERSION,
+                    split_json,
+                    hold_key,
+                    *ledger_arguments,
+                )
+            except asyncpg.PostgresError as error:
+                if getattr(error, "sqlstate", None) == SPLIT_MISMATCH_SQLSTATE:
+                    self._splits.pop(request.payment_id, None)
+                    return None
+                translated = books.ledger_error(error)
+                if translated is None:
+                    raise
+                raise translated from error
+        if outcome == "already":
+            return TransitionResult(applied=False, status=status, ledger_entry_ids=list(entry_ids))
+        if outcome == "needs_hold":
+            return None  # manual capture: the hold is settled by the general path
+        if outcome == "conflict":
+            raise _conflict(request, status)
+        self._after_commit(request, request.expected_status, None)
+        return TransitionResult(applied=True, status=request.to_status, ledger_entry_ids=list(entry_ids))
+
+    async def _apply_in_steps(self, request: TransitionInput) -> TransitionResult:
+        """The general path: the same writes as `apply_transition`'s statement, one at a time,
+        in one transaction (forced reviews, refund rows, resolutions, authorisation holds)."""
         async with self._engine.begin() as connection:
             already = (
                 await connection.execute(
@@ -304,13 +428,9 @@ class PaymentActivities:
                         text("SELECT status FROM payments WHERE id = :id"), {"id": request.payment_id}
                     )
                 ).scalar_one_or_none()
-                raise ApplicationError(
-                    f"payment {request.payment_id} is {current}, expected {request.expected_status}",
-                    {"current": current, "expected": request.expected_status},
-                    type=TRANSITION_CONFLICT,
-                    non_retryable=True,
-                )
+                raise _conflict(request, current)
             split = _split_from_json(updated.split)
+            self._remember_split(request.payment_id, split)
             entry_ids: list[int] = []
             for action in request.ledger:
                 entry_ids.extend(await self._apply_ledger_action(connection, request.payment_id, split, action))
@@ -359,6 +479,12 @@ class PaymentActivities:
                 # Exactly one outbox event per status change; bookings that keep the status
                 # (fee, transfers) and extra review items emit nothing.
                 await self._append_outbox(connection, request, from_status)
+        self._after_commit(request, from_status, refund_status_before)
+        return TransitionResult(applied=True, status=request.to_status, ledger_entry_ids=entry_ids)
+
+    @staticmethod
+    def _after_commit(request: TransitionInput, from_status: str, refund_status_before: str | None) -> None:
+        """The log line and metrics of an applied transition (after its commit)."""
         if request.to_status != from_status:
             logger.info(
                 "payment %s: %s -> %s (%s, by %s)",
@@ -377,7 +503,6 @@ class PaymentActivities:
             metrics.REVIEW_ITEMS_OPENED.labels(kind=request.review.kind).inc()
             if request.review.kind == "duplicate_charge":
                 metrics.DUPLICATE_CHARGES.inc()
-        return TransitionResult(applied=True, status=request.to_status, ledger_entry_ids=entry_ids)
 
     @activity.defn(name="record_ignored_event")
     async def record_ignored_event(self, request: RecordIgnoredInput) -> bool:
@@ -413,14 +538,8 @@ class PaymentActivities:
         self, connection: AsyncConnection, payment_id: str, split: ComputedSplit, action: LedgerAction
     ) -> list[int]:
         currency = split.currency
-        if action.kind == "authorization_hold":
-            draft = chart.authorization_hold(payment_id, action.amount, currency)
-            return [(await books.post_pending(connection, draft, accounts=chart.accounts_for(draft))).id]
         if action.kind == "capture":
             entry_ids = []
-            captured = _split_to_ledger(split)
-            if action.amount != split.total:
-                captured = scale_split(captured, action.amount)
             hold_id = await _pending_entry_id(connection, chart.authorization_hold(payment_id, 1, currency))
             if hold_id is not None:
                 # Manual capture: post what was captured from the hold (the rest is released),
@@ -429,7 +548,7 @@ class PaymentActivities:
                     connection, hold_id, action.amount, chart.authorization_capture_key(payment_id)
                 )
                 entry_ids.append(final.id)
-            draft = chart.capture(payment_id, captured, after_hold=hold_id is not None)
+            draft, _ = _draft_for(payment_id, split, action, after_hold=hold_id is not None)
             entry_ids.append((await books.post(connection, draft, accounts=chart.accounts_for(draft))).id)
             return entry_ids
         if action.kind == "release_hold":
@@ -437,34 +556,9 @@ class PaymentActivities:
             if hold_id is None:
                 return []
             return [(await books.void_pending(connection, hold_id, chart.authorization_void_key(payment_id))).id]
-        if action.kind == "processing_fee":
-            draft = chart.processing_fee(payment_id, action.amount, currency)
-        elif action.kind == "transfer":
-            draft = chart.transfer_to_connected_account(
-                payment_id, action.account_id, action.amount, currency, action.reference
-            )
-        elif action.kind == "settlement":
-            draft = chart.settlement(payment_id, action.amount, currency)
-        elif action.kind == "dispute_opened":
-            draft = chart.dispute_opened(payment_id, action.reference, action.amount, currency, action.fee)
-        elif action.kind == "dispute_won":
-            draft = chart.dispute_won(payment_id, action.reference, action.amount, currency)
-        elif action.kind == "dispute_lost":
-            draft = chart.dispute_lost(payment_id, action.reference, action.amount, currency)
-        elif action.kind == "dispute_recovery":
-            draft = chart.dispute_recovery(
-                payment_id, action.reference, action.account_id, action.amount, currency, action.reversal_id
-            )
-        elif action.kind == "refund":
-            draft = chart.refund(payment_id, action.reference, _parts_to_ledger(action))
-        elif action.kind == "refund_recovery":
-            draft = chart.refund_recovery(
-                payment_id, action.reference, action.account_id, action.amount, currency, action.reversal_id
-            )
-        elif action.kind == "refund_failed":
-            draft = chart.refund_failed(payment_id, action.reference, _parts_to_ledger(action), action.recovered)
-        else:
-            raise ApplicationError(f"unknown ledger action {action.kind}", non_retryable=True)
+        draft, kind = _draft_for(payment_id, split, action)
+        if kind == "pending":
+            return [(await books.post_pending(connection, draft, accounts=chart.accounts_for(draft))).id]
         return [(await books.post(connection, draft, accounts=chart.accounts_for(draft))).id]
 
     @staticmethod
@@ -537,6 +631,62 @@ class PaymentActivities:
                 "schema_version": OUTBOX_SCHEMA_VERSION,
             },
         )
+
+
+def _conflict(request: TransitionInput, current: str | None) -> ApplicationError:
+    return ApplicationError(
+        f"payment {request.payment_id} is {current}, expected {request.expected_status}",
+        {"current": current, "expected": request.expected_status},
+        type=TRANSITION_CONFLICT,
+        non_retryable=True,
+    )
+
+
+def _draft_for(
+    payment_id: str, split: ComputedSplit, action: LedgerAction, *, after_hold: bool = False
+) -> tuple[EntryDraft, str]:
+    """The entry a ledger action books, and its kind (`posted`, or `pending` for a hold).
+
+    A capture is drafted as the capture of an automatic payment unless `after_hold` (the
+    caller found the payment's authorisation hold); `release_hold` needs the hold and has no
+    draft here."""
+    currency = split.currency
+    if action.kind == "authorization_hold":
+        return chart.authorization_hold(payment_id, action.amount, currency), "pending"
+    if action.kind == "capture":
+        captured = _split_to_ledger(split)
+        if action.amount != split.total:
+            captured = scale_split(captured, action.amount)
+        return chart.capture(payment_id, captured, after_hold=after_hold), "posted"
+    if action.kind == "processing_fee":
+        draft = chart.processing_fee(payment_id, action.amount, currency)
+    elif action.kind == "transfer":
+        draft = chart.transfer_to_connected_account(
+            payment_id, action.account_id, action.amount, currency, action.reference
+        )
+    elif action.kind == "settlement":
+        draft = chart.settlement(payment_id, action.amount, currency)
+    elif action.kind == "dispute_opened":
+        draft = chart.dispute_opened(payment_id, action.reference, action.amount, currency, action.fee)
+    elif action.kind == "dispute_won":
+        draft = chart.dispute_won(payment_id, action.reference, action.amount, currency)
+    elif action.kind == "dispute_lost":
+        draft = chart.dispute_lost(payment_id, action.reference, action.amount, currency)
+    elif action.kind == "dispute_recovery":
+        draft = chart.dispute_recovery(
+            payment_id, action.reference, action.account_id, action.amount, currency, action.reversal_id
+        )
+    elif action.kind == "refund":
+        draft = chart.refund(payment_id, action.reference, _parts_to_ledger(action))
+    elif action.kind == "refund_recovery":
+        draft = chart.refund_recovery(
+            payment_id, action.reference, action.account_id, action.amount, currency, action.reversal_id
+        )
+    elif action.kind == "refund_failed":
+        draft = chart.refund_failed(payment_id, action.reference, _parts_to_ledger(action), action.recovered)
+    else:
+        raise ApplicationError(f"unknown ledger action {action.kind}", non_retryable=True)
+    return draft, "posted"
 
 
 def _parts_to_ledger(action: LedgerAction) -> CaptureSplit:

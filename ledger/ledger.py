@@ -400,6 +400,27 @@ def _post_entries_parameters(
     }
 
 
+# For callers that post entries inside a statement of their own (activities/payments.py's
+# one-statement transition): the argument types, and the arguments for a batch of drafts.
+POST_ENTRIES_SQL_TYPES: tuple[str, ...] = tuple(sql_type for _, sql_type in _POST_ENTRIES_ARGUMENTS)
+
+
+def post_entries_arguments(drafts: Sequence[tuple[EntryDraft, str]], accounts: Sequence[AccountSpec]) -> list[Any]:
+    """`ledger.post_entries`' arguments, in order, for `drafts` (each with its kind, `posted` or
+    `pending`) after opening `accounts`; each draft checked as `post` and `post_pending` check it."""
+    if not 1 <= len(drafts) <= ENTRIES_PER_BATCH_MAX:
+        raise InvalidEntry(f"a batch takes 1..{ENTRIES_PER_BATCH_MAX} entries", param="drafts")
+    for draft, kind in drafts:
+        _check_draft(draft, pending=kind == "pending")
+    parameters = _post_entries_parameters(drafts, accounts)
+    return [parameters[name] for name, _ in _POST_ENTRIES_ARGUMENTS]
+
+
+def ledger_error(error: BaseException) -> LedgerError | None:
+    """The LedgerError for a PostgreSQL error the ledger's SQL raised (None: not one of the ledger's)."""
+    return _translated(error)
+
+
 async def _post_drafts(
     connection: AsyncConnection,
     drafts: Sequence[tuple[EntryDraft, str]],
