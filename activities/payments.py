@@ -81,6 +81,38 @@ _APPLY_TRANSITION_SQL = (
     + ", ".join(f"${number}::{sql_type}" for number, sql_type in enumerate(books.POST_ENTRIES_SQL_TYPES, start=19))
     + ")"
 )
+# prepare_payment (migration 0014): the payment's row, audit row, outbox event and the risk
+# screen's reads, one statement.
+_PREPARE_PAYMENT_ARGUMENTS = (
+    ("id", "text"),
+    ("order_id", "text"),
+    ("workflow_id", "text"),
+    ("amount", "bigint"),
+    ("currency", "text"),
+    ("customer", "text"),
+    ("capture_method", "text"),
+    ("split", "jsonb"),
+    ("metadata", "jsonb"),
+    ("fingerprint", "text"),
+    ("actor", "text"),
+    ("request_id", "text"),
+    ("details", "jsonb"),
+    ("schema_version", "integer"),
+    ("screen", "boolean"),
+    ("payment_method", "text"),
+    ("window", "integer"),
+)
+_PREPARE_PAYMENT_NAMES = tuple(name for name, _ in _PREPARE_PAYMENT_ARGUMENTS)
+_PREPARE_PAYMENT_SQL = (
+    "SELECT created, payment_id, blocked_kind, blocked_reason, recent FROM prepare_payment({})".format(
+        ", ".join(f"${number}::{sql_type}" for number, (_, sql_type) in enumerate(_PREPARE_PAYMENT_ARGUMENTS, start=1))
+    )
+)
+_PREPARE_PAYMENT_TEXT = text(
+    "SELECT created, payment_id, blocked_kind, blocked_reason, recent FROM prepare_payment({})".format(
+        ", ".join(f"CAST(:{name} AS {sql_type})" for name, sql_type in _PREPARE_PAYMENT_ARGUMENTS)
+    )
+)
 # apply_transition's SQLSTATE for a row whose split is not the cached one (never expected).
 SPLIT_MISMATCH_SQLSTATE = "PN001"
 
@@ -144,84 +176,61 @@ class PaymentActivities:
                 for account, amount in ledger_split.recipients
             ],
         )
-        async with self._engine.begin() as connection:
-            inserted = (
-                await connection.execute(
-                    text(
-                        """
-                        INSERT INTO payments (id, order_id, workflow_id, status, amount, currency, customer,
-                                              capture_method, split, metadata, request_fingerprint)
-                        VALUES (:id, :order_id, :workflow_id, 'CREATED', :amount, :currency, :customer,
-                                :capture_method, CAST(:split AS jsonb), CAST(:metadata AS jsonb), :fingerprint)
-                        ON CONFLICT (order_id) DO NOTHING
-                        RETURNING id
-                        """
-                    ),
-                    {
-                        "id": request.payment_id,
-                        "order_id": request.order_id,
-                        "workflow_id": request.workflow_id,
-                        "amount": request.amount,
-                        "currency": request.currency,
-                        "customer": request.customer,
-                        "capture_method": request.capture_method,
-                        "split": json.dumps(asdict(split)),
-                        "metadata": json.dumps(request.metadata),
-                        "fingerprint": request.request_fingerprint,
-                    },
-                )
-            ).scalar_one_or_none()
-            if inserted is not None:
-                await self._append_event(
-                    connection,
-                    payment_id=request.payment_id,
-                    transition_id=f"{request.payment_id}:created",
-                    from_status=None,
-                    to_status="CREATED",
-                    event="created",
-                    actor="api" if request.request_id else "workflow",
-                    reason="payment created",
-                    request_id=request.request_id or None,
-                    details={"amount": request.amount, "currency": request.currency, "split": asdict(split)},
-                )
-                await self._append_outbox(
-                    connection,
-                    TransitionInput(
-                        transition_id=f"{request.payment_id}:created",
-                        payment_id=request.payment_id,
-                        expected_status="",
-                        to_status="CREATED",
-                        event="created",
-                        reason="payment created",
-                    ),
-                    "",
-                )
+        screen = request.payment_method is not None
+        arguments = (
+            request.payment_id,
+            request.order_id,
+            request.workflow_id,
+            request.amount,
+            request.currency,
+            request.customer,
+            request.capture_method,
+            json.dumps(asdict(split)),
+            json.dumps(request.metadata),
+            request.request_fingerprint,
+            "api" if request.request_id else "workflow",
+            request.request_id or None,
+            json.dumps({"amount": request.amount, "currency": request.currency, "split": asdict(split)}),
+            OUTBOX_SCHEMA_VERSION,
+            screen,
+            request.payment_method,
+            RISK_VELOCITY_WINDOW_SECONDS,
+        )
+        # One statement (migration 0014): the row, its audit row and outbox event, the screen's reads.
+        async with self._engine.connect() as connection:
+            driver = await _statement_driver(connection)
+            if driver is not None:
+                row = await driver.fetchrow(_PREPARE_PAYMENT_SQL, *arguments)
             else:
-                existing = (
-                    await connection.execute(
-                        text("SELECT id FROM payments WHERE order_id = :order_id"), {"order_id": request.order_id}
-                    )
-                ).scalar_one()
-                if existing != request.payment_id:
-                    raise ApplicationError(
-                        f"order {request.order_id} already belongs to payment {existing}",
-                        type=INVALID_PAYMENT_REQUEST,
-                        non_retryable=True,
-                    )
-            risk = None
-            if request.payment_method is not None:
-                risk = await self._screen(
-                    connection,
-                    RiskCheckInput(
-                        payment_id=request.payment_id,
-                        customer=request.customer,
-                        amount=request.amount,
-                        currency=request.currency,
-                        payment_method=request.payment_method,
-                    ),
-                )
+                async with connection.begin():
+                    row = (
+                        await connection.execute(
+                            _PREPARE_PAYMENT_TEXT, dict(zip(_PREPARE_PAYMENT_NAMES, arguments, strict=True))
+                        )
+                    ).one()
+        created, payment_id, blocked_kind, blocked_reason, recent = row
+        if payment_id != request.payment_id:
+            raise ApplicationError(
+                f"order {request.order_id} already belongs to payment {payment_id}",
+                type=INVALID_PAYMENT_REQUEST,
+                non_retryable=True,
+            )
+        risk = None
+        if request.payment_method is not None:
+            risk = _risk_decision(
+                RiskCheckInput(
+                    payment_id=request.payment_id,
+                    customer=request.customer,
+                    amount=request.amount,
+                    currency=request.currency,
+                    payment_method=request.payment_method,
+                ),
+                blocked_kind,
+                blocked_reason,
+                int(recent or 0),
+            )
         self._remember_split(request.payment_id, split)
-        return PreparePaymentResult(split=split, created=inserted is not None, risk=risk)
+        return PreparePaymentResult(split=split, created=bool(created), risk=risk)
 
     @activity.defn(name="risk_check")
     async def risk_check(self, request: RiskCheckInput) -> RiskCheckResult:
@@ -230,7 +239,7 @@ class PaymentActivities:
 
     @staticmethod
     async def _screen(connection: AsyncConnection, request: RiskCheckInput) -> RiskCheckResult:
-        """The risk check's reads (blocklist, amount, velocity), on the caller's connection."""
+        """The risk check's reads (blocklist, velocity), on the caller's connection, and its decision."""
         blocked = (
             await connection.execute(
                 text(
@@ -244,10 +253,6 @@ class PaymentActivities:
                 {"customer": request.customer, "payment_method": request.payment_method},
             )
         ).first()
-        if blocked is not None:
-            return RiskCheckResult("block", f"{blocked.kind} is blocklisted: {blocked.reason or 'no reason given'}")
-        if request.amount > RISK_BLOCK_AMOUNT_MINOR:
-            return RiskCheckResult("block", f"amount {request.amount} above RISK_BLOCK_AMOUNT_MINOR")
         recent = (
             await connection.execute(
                 text(
@@ -264,11 +269,9 @@ class PaymentActivities:
                 },
             )
         ).scalar_one()
-        if recent >= RISK_VELOCITY_MAX_PAYMENTS:
-            return RiskCheckResult("review", f"customer made {recent} payments in the last hour")
-        if request.amount > RISK_REVIEW_AMOUNT_MINOR:
-            return RiskCheckResult("review", f"amount {request.amount} above RISK_REVIEW_AMOUNT_MINOR")
-        return RiskCheckResult("allow", "within limits")
+        return _risk_decision(
+            request, blocked.kind if blocked else None, blocked.reason if blocked else None, int(recent)
+        )
 
     @activity.defn(name="apply_transition")
     async def apply_transition(self, request: TransitionInput) -> TransitionResult:
@@ -300,9 +303,8 @@ class PaymentActivities:
         """The transition as ONE statement (`apply_transition`, migration 0013): one round trip,
         its own transaction. None: this transition needs the general path (nothing was written)."""
         async with self._engine.connect() as connection:
-            adapted = (await connection.get_raw_connection()).dbapi_connection
-            driver = getattr(adapted, "_connection", None)
-            if not isinstance(driver, asyncpg.Connection) or getattr(adapted, "_transaction", "missing") is not None:
+            driver = await _statement_driver(connection)
+            if driver is None:
                 return None  # not SQLAlchemy's asyncpg adapter as expected: the general path
             split_json: str | None = None
             hold_key: str | None = None
@@ -631,6 +633,33 @@ class PaymentActivities:
                 "schema_version": OUTBOX_SCHEMA_VERSION,
             },
         )
+
+
+def _risk_decision(
+    request: RiskCheckInput, blocked_kind: str | None, blocked_reason: str | None, recent: int
+) -> RiskCheckResult:
+    """Block, review or allow, from the screen's reads: a blocklist entry (its kind and reason)
+    and the customer's other payments in the last RISK_VELOCITY_WINDOW_SECONDS."""
+    if blocked_kind is not None:
+        return RiskCheckResult("block", f"{blocked_kind} is blocklisted: {blocked_reason or 'no reason given'}")
+    if request.amount > RISK_BLOCK_AMOUNT_MINOR:
+        return RiskCheckResult("block", f"amount {request.amount} above RISK_BLOCK_AMOUNT_MINOR")
+    if recent >= RISK_VELOCITY_MAX_PAYMENTS:
+        return RiskCheckResult("review", f"customer made {recent} payments in the last hour")
+    if request.amount > RISK_REVIEW_AMOUNT_MINOR:
+        return RiskCheckResult("review", f"amount {request.amount} above RISK_REVIEW_AMOUNT_MINOR")
+    return RiskCheckResult("allow", "within limits")
+
+
+async def _statement_driver(connection: AsyncConnection) -> asyncpg.Connection | None:
+    """The asyncpg connection under a pooled SQLAlchemy connection that has begun no transaction:
+    a statement sent on it is its own transaction, one round trip. None where SQLAlchemy's
+    asyncpg adapter is not as expected (then the caller goes through SQLAlchemy)."""
+    adapted = (await connection.get_raw_connection()).dbapi_connection
+    driver = getattr(adapted, "_connection", None)
+    if not isinstance(driver, asyncpg.Connection) or getattr(adapted, "_transaction", "missing") is not None:
+        return None
+    return driver
 
 
 def _conflict(request: TransitionInput, current: str | None) -> ApplicationError:

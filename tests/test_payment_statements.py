@@ -1,5 +1,7 @@
-"""A transition sent as one statement (`apply_transition`, migration 0013) writes exactly what
-the general path writes, on real PostgreSQL.
+"""The payment activities' one-statement paths, on real PostgreSQL: a transition
+(`apply_transition`, migration 0013) writes exactly what the general path writes, and a
+payment's preparation (`prepare_payment`, migration 0014) writes its row, audit row and outbox
+event once and reads what the risk screen decides on.
 
 Two payments with the same order details take the same transitions, one through the
 one-statement path and one through the general (statement by statement) path; their rows,
@@ -19,7 +21,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
+from activities import payments
 from activities.payment_types import (
+    INVALID_PAYMENT_REQUEST,
     LEDGER_REJECTED,
     TRANSITION_CONFLICT,
     LedgerAction,
@@ -29,7 +33,7 @@ from activities.payment_types import (
     TransitionInput,
     TransitionResult,
 )
-from activities.payments import PaymentActivities
+from activities.payments import RISK_REVIEW_AMOUNT_MINOR, RISK_VELOCITY_MAX_PAYMENTS, PaymentActivities
 from workflows.payment_models import ComputedSplit, SplitPart, SplitRecipientSpec
 
 Apply = Callable[[TransitionInput], Awaitable[TransitionResult]]
@@ -328,3 +332,155 @@ async def test_a_cached_split_that_is_not_the_rows_is_never_booked(engine: Async
         f"acct_seller_{payment_id}",
         f"acct_driver_{payment_id}",
     ]
+
+
+# ------------------------------------------------------------------ prepare_payment (migration 0014)
+
+
+def prepare_input(payment_id: str, order_id: str, *, customer: str = "cus_prepare", amount: int = 9999) -> Any:
+    return PreparePaymentInput(
+        payment_id=payment_id,
+        workflow_id=f"wf-{payment_id}",
+        order_id=order_id,
+        amount=amount,
+        currency="USD",
+        customer=customer,
+        capture_method="automatic",
+        recipients=[SplitRecipientSpec(f"acct_seller_{payment_id}", share_bps=10_000)],
+        platform_fee_bps=1000,
+        metadata={"cart": "c-1"},
+        request_fingerprint="fp-1",
+        request_id="req_1",
+        payment_method="pm_card_visa",
+    )
+
+
+@pytest.mark.parametrize("path", ["one statement", "through SQLAlchemy"])
+async def test_prepare_writes_the_row_its_audit_row_and_its_outbox_event_once(
+    engine: AsyncEngine, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path == "through SQLAlchemy":
+        monkeypatch.setattr(payments, "_statement_driver", _no_driver)
+    activities = PaymentActivities(engine)
+    payment_id = f"pay_prep_{uuid.uuid4().hex[:10]}"
+    request = prepare_input(payment_id, f"order-{payment_id}", customer=f"cus_{payment_id}")
+    first = await activities.prepare_payment(request)
+    assert first.created and first.risk is not None and first.risk.outcome == "allow"
+    assert [(part.account_id, part.amount) for part in first.split.parts] == [(f"acct_seller_{payment_id}", 8999)]
+    rows = await written(engine, payment_id)
+    assert rows["row"] == [
+        {
+            "status": "CREATED",
+            "amount_capturable": 0,
+            "amount_captured": 0,
+            "amount_refunded": 0,
+            "stripe_payment_intent_id": None,
+            "stripe_charge_id": None,
+            "failure_code": None,
+            "failure_message": None,
+            "dispute_status": None,
+            "version": 1,
+            "split": {
+                "total": 9999,
+                "currency": "USD",
+                "platform_fee": 1000,
+                "tax": 0,
+                "parts": [{"account_id": "acct_seller_PAYMENT", "amount": 8999, "role": "seller"}],
+            },
+        }
+    ]
+    assert rows["events"] == [
+        {
+            "transition_id": "PAYMENT:created",
+            "from_status": None,
+            "to_status": "CREATED",
+            "event": "created",
+            "actor": "api",
+            "reason": "payment created",
+            "stripe_event_id": None,
+            "request_id": "req_1",
+            "entries": 0,
+            "details": {"amount": 9999, "currency": "USD", "split": rows["row"][0]["split"]},
+        }
+    ]
+    assert [(item["topic"], item["dedupe_key"]) for item in rows["outbox"]] == [("payment.created", "PAYMENT:created")]
+    payload = rows["outbox"][0]["payload"]
+    assert (payload["status"], payload["previous_status"], payload["order_id"]) == ("CREATED", "", "order-PAYMENT")
+    assert (payload["type"], payload["version"], payload["payment_version"]) == ("payment.created", 1, 1)
+    # Again (a retry after a lost acknowledgement): nothing new, the same split, screened again.
+    again = await activities.prepare_payment(request)
+    assert (again.created, again.split, again.risk) == (False, first.split, first.risk)
+    assert await written(engine, payment_id) == rows
+
+
+async def _no_driver(connection: Any) -> None:
+    return None
+
+
+async def test_an_order_of_another_payment_is_refused_and_nothing_is_written(engine: AsyncEngine) -> None:
+    activities = PaymentActivities(engine)
+    owner = f"pay_owner_{uuid.uuid4().hex[:10]}"
+    order_id = f"order-{owner}"
+    await activities.prepare_payment(prepare_input(owner, order_id))
+    intruder = f"pay_intruder_{uuid.uuid4().hex[:10]}"
+    with pytest.raises(ApplicationError) as error:
+        await activities.prepare_payment(prepare_input(intruder, order_id))
+    assert error.value.type == INVALID_PAYMENT_REQUEST
+    assert error.value.message == f"order {order_id} already belongs to payment {owner}"
+    assert await written(engine, intruder) == {"row": [], "events": [], "outbox": [], "reviews": [], "entries": []}
+
+
+async def test_the_risk_screen_reads_the_blocklist_and_the_customers_velocity(engine: AsyncEngine) -> None:
+    activities = PaymentActivities(engine)
+    tag = uuid.uuid4().hex[:10]
+    blocked_customer, busy_customer = f"cus_blocked_{tag}", f"cus_busy_{tag}"
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO risk_blocklist (kind, value, reason) VALUES ('customer', :value, 'chargebacks')"),
+            {"value": blocked_customer},
+        )
+    blocked = await activities.prepare_payment(
+        prepare_input(f"pay_b_{tag}", f"order-b-{tag}", customer=blocked_customer)
+    )
+    assert blocked.risk is not None
+    assert (blocked.risk.outcome, blocked.risk.reason) == ("block", "customer is blocklisted: chargebacks")
+    for index in range(RISK_VELOCITY_MAX_PAYMENTS):
+        earlier = await activities.prepare_payment(
+            prepare_input(f"pay_v{index}_{tag}", f"order-v{index}-{tag}", customer=busy_customer)
+        )
+        assert earlier.risk is not None and earlier.risk.outcome == "allow"
+    busy = await activities.prepare_payment(prepare_input(f"pay_v_{tag}", f"order-v-{tag}", customer=busy_customer))
+    assert busy.risk is not None
+    assert (busy.risk.outcome, busy.risk.reason) == (
+        "review",
+        f"customer made {RISK_VELOCITY_MAX_PAYMENTS} payments in the last hour",
+    )
+    large = await activities.prepare_payment(
+        prepare_input(f"pay_l_{tag}", f"order-l-{tag}", customer=f"cus_l_{tag}", amount=RISK_REVIEW_AMOUNT_MINOR + 1)
+    )
+    assert large.risk is not None and large.risk.outcome == "review"
+
+
+async def test_without_the_asyncpg_connection_transitions_take_the_general_path(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where SQLAlchemy's asyncpg adapter is not as expected, the same writes go through SQLAlchemy."""
+    fast = PaymentActivities(engine)
+    fast_id = await prepare(fast, "fast")
+    apply_fast = one_statement_only(fast)
+    for step in transitions(fast_id):
+        await apply_fast(step)
+    monkeypatch.setattr(payments, "_statement_driver", _no_driver)
+    fallback = PaymentActivities(engine)
+    general_calls: list[str] = []
+
+    async def general_path(request: TransitionInput) -> TransitionResult:
+        general_calls.append(request.transition_id)
+        return await PaymentActivities._apply_in_steps(fallback, request)
+
+    fallback._apply_in_steps = general_path  # type: ignore[method-assign]
+    fallback_id = await prepare(fallback, "fallback")
+    for step in transitions(fallback_id):
+        await fallback.apply_transition(step)
+    assert general_calls == [step.transition_id for step in transitions(fallback_id)]
+    assert await written(engine, fallback_id) == await written(engine, fast_id)
