@@ -651,14 +651,23 @@ class OutboxRelayActivities:
         ), "a delivery's lease must outlast its request"
         self._engine = engine
         self._settings = settings
+        # One HTTP client for the worker process's life (its pool keeps connections to
+        # subscribers open between rounds), made on first use (inside the event loop): a
+        # new client per round built a TLS context each time, loading the CA bundle again,
+        # 6 % of the worker's CPU under the API benchmark's load (py-spy, #16).
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None or self._http.is_closed:
+            self._http = http_client(self._settings)
+        return self._http
 
     @activity.defn(name=OUTBOX_RELAY_ACTIVITY_NAME)
     async def relay_outbox(self, request: OutboxRelayRoundInput) -> OutboxRelayRoundResult:
         """Publish unpublished outbox rows and deliver due deliveries; one bounded round."""
         settings = self._settings
         activity.heartbeat()
-        async with http_client(settings) as http:
-            result = await _Round(self._engine, settings, http).run()
+        result = await _Round(self._engine, settings, self._client()).run()
         await measure_lag(self._engine)
         result.sleep_seconds = BACKLOG_SLEEP_SECONDS if result.limited else settings.outbox_relay_interval_seconds
         if result.published or result.attempted:
