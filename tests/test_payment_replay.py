@@ -11,7 +11,9 @@ histories without a prefix were recorded before patch `fault-paths-v2` and repla
 the frozen LegacyPaymentWorkflow; the `fault_paths_v2_` ones replay through the current code
 before patch `prepare-screens-v1` (a separate risk_check local activity); the
 `prepare_screens_v1_` ones before patch `fee-from-intent-v1` (the fee looked up with
-stripe_charge_balance); the `fee_from_intent_v1_` ones through the current code.
+stripe_charge_balance); the `fee_from_intent_v1_` ones before patch
+`unclaimed-intent-events-v1` (an intent event claiming no status was looked up at Stripe); the
+`unclaimed_intent_events_v1_` ones through the current code.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from workflows.payment_models import (
 )
 
 HISTORIES = Path(__file__).parent / "histories"
-RECORDING_PREFIX = "fee_from_intent_v1_"
-EARLIER_PREFIXES = ("prepare_screens_v1_", "fault_paths_v2_")
+RECORDING_PREFIX = "unclaimed_intent_events_v1_"
+EARLIER_PREFIXES = ("fee_from_intent_v1_", "prepare_screens_v1_", "fault_paths_v2_")
 
 
 def recorded_histories() -> list[Path]:

@@ -307,6 +307,53 @@ async def test_stale_and_duplicate_webhook_events_are_ignored(payment_stack: Pay
     assert current.status in ("CAPTURED", "SETTLED")
 
 
+async def test_an_intent_event_claiming_no_status_is_ignored_without_asking_stripe(payment_stack: PaymentStack) -> None:
+    """payment_intent.created (requires_confirmation) arrives after the payment is captured: it
+    is recorded as ignored with its reason, and Stripe is not asked (every retrieve of the
+    intent would fail: nothing went to review)."""
+    payment = new_order()
+    state, handle = await start(payment_stack, payment)
+    assert state.status == "CAPTURED" and state.stripe_payment_intent_id
+    lookups = payment_stack.emulator.control.add_fault(
+        "GET", f"/v1/payment_intents/{state.stripe_payment_intent_id}", "error_500_before"
+    )
+    try:
+        created = StripeEventSignal(
+            event_id=f"evt_{uuid.uuid4().hex[:12]}",
+            type="payment_intent.created",
+            created=0,
+            object_id=state.stripe_payment_intent_id,
+            object_type="payment_intent",
+            status="requires_confirmation",
+        )
+        await handle.signal(SIGNAL_STRIPE_EVENT, created)
+        deadline = asyncio.get_running_loop().time() + 10
+        reasons: list[str] = []
+        while not reasons and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            async with payment_stack.engine.connect() as connection:
+                reasons = list(
+                    (
+                        await connection.execute(
+                            text("SELECT reason FROM payment_events WHERE stripe_event_id = :id ORDER BY id"),
+                            {"id": created.event_id},
+                        )
+                    ).scalars()
+                )
+        current = await handle.query(QUERY_STATE, result_type=PaymentState)
+    finally:
+        payment_stack.emulator.control.remove_fault(lookups)
+    assert reasons == [f"claims no status Penny acts on (requires_confirmation): payment already {current.status}"]
+    assert current.status in ("CAPTURED", "SETTLED")
+    async with payment_stack.engine.connect() as connection:
+        reviews = (
+            await connection.execute(
+                text("SELECT count(*) FROM review_items WHERE payment_id = :id"), {"id": state.payment_id}
+            )
+        ).scalar_one()
+    assert reviews == 0
+
+
 async def test_worker_restarted_mid_payment_resumes_without_duplicate(
     payment_stack: PaymentStack,
 ) -> None:

@@ -76,6 +76,7 @@ from workflows.payment_shell import (
     FIRST_MILESTONE_WAIT_SECONDS_MAX,
     PATCH_FAULT_PATHS,
     PATCH_PREPARE_SCREENS,
+    PATCH_UNCLAIMED_INTENT_EVENTS,
     PREPARE_ROUNDS_MAX,
     E,
     S,
@@ -233,6 +234,7 @@ class PaymentWorkflow(EventSteps):
         if self._legacy is not None:
             return await self._legacy.run(request)
         self._input = request
+        self._skip_lookup_of_unclaimed_intent_events = workflow.patched(PATCH_UNCLAIMED_INTENT_EVENTS)
         if request.carried_state is not None:
             self._state = request.carried_state
             self._upsert_search_attributes()

@@ -78,15 +78,21 @@ class EventSteps(RefundSteps):
             return
         current = S(state.status)
         claimed = core.INTENT_STATUS_EVENTS.get(event.status or "")
-        if (
-            claimed is not None
-            and current not in core.PRE_CAPTURE
-            and current not in (S.NEEDS_REVIEW, S.FAILED, S.CANCELED)
-            and not decide(current, claimed, from_processor=True).allowed
-        ):
+        settled_enough = current not in core.PRE_CAPTURE and current not in (S.NEEDS_REVIEW, S.FAILED, S.CANCELED)
+        if claimed is not None and settled_enough and not decide(current, claimed, from_processor=True).allowed:
             # Even if Stripe's truth were further along, this event cannot move the payment:
             # no need to ask Stripe (FAILED/CANCELED still ask, to catch contradictions).
             await self._ignore(event, f"stale: payment already {current} (event says {event.status})")
+            return
+        if (
+            claimed is None
+            and settled_enough
+            and event.object_id == state.stripe_payment_intent_id
+            and self._skip_lookup_of_unclaimed_intent_events
+        ):
+            # It claims no status (e.g. payment_intent.created: requires_confirmation), and the
+            # payment is past its charge: a look at Stripe could only find what Penny has.
+            await self._ignore(event, f"claims no status Penny acts on ({event.status}): payment already {current}")
             return
         # The event's object may be stale: re-retrieve the PaymentIntent before acting.
         intent = await self._stripe("stripe_retrieve_payment_intent", event.object_id, IntentSnapshot)

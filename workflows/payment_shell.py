@@ -67,6 +67,13 @@ PATCH_PREPARE_SCREENS = "prepare-screens-v1"
 # reports is booked without a stripe_charge_balance activity (one activity and one Stripe call
 # fewer per payment; #16).
 PATCH_FEE_FROM_INTENT = "fee-from-intent-v1"
+# A PaymentIntent event that claims no status Penny knows (payment_intent.created says
+# requires_confirmation) about the payment's own intent, once the payment is past its charge,
+# is recorded as ignored without looking the intent up: one Stripe call, one activity and one
+# workflow task fewer per payment through the API (#16). Asked once per run, at its start, so
+# the patch's marker (and the search attribute the SDK upserts with it) lands in the first
+# workflow task, not in a later one.
+PATCH_UNCLAIMED_INTENT_EVENTS = "unclaimed-intent-events-v1"
 DATABASE_ACTIVITY_TIMEOUT = timedelta(seconds=30)
 FIRST_MILESTONE_WAIT_SECONDS_DEFAULT = 20
 FIRST_MILESTONE_WAIT_SECONDS_MAX = 60
@@ -148,6 +155,8 @@ class PaymentShell:
         self._lock = asyncio.Lock()
         self._events: list[StripeEventSignal] = []
         self._duplicate_intents: list[str] = []
+        # Set at the start of each run (patch unclaimed-intent-events-v1).
+        self._skip_lookup_of_unclaimed_intent_events = False
 
     # ----------------------------------------------------------------- the guard
 
