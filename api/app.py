@@ -41,6 +41,7 @@ from api.health import check_postgres, check_stripe, check_temporal
 from penny import tracing
 from penny.db import create_engine
 from penny.logs import CardNumberScrubber
+from penny.payload_converter import DATA_CONVERTER
 from penny.settings import Settings, get_settings
 from workflows.payment_models import PaymentTimings
 
@@ -79,6 +80,8 @@ async def _connect_temporal(settings: Settings, tracer_provider: TracerProvider 
                 settings.effective_temporal_address,
                 namespace=settings.temporal_namespace,
                 interceptors=tracing.temporal_interceptors(tracer_provider),
+                # Decodes the first milestone's PaymentState with its field types resolved once (#16).
+                data_converter=DATA_CONVERTER,
             )
     except Exception as error:
         logger.warning("Temporal not reachable at %s: %s", settings.effective_temporal_address, error)
