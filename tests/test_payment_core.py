@@ -21,6 +21,7 @@ from activities.payment_types import LedgerAction, PaymentRowUpdate
 from activities.stripe_types import CARD_DECLINED, STRIPE_REQUEST_REFUSED, STRIPE_SERVER_ERROR, IntentSnapshot
 from ledger.money import CaptureSplit, scale_split
 from workflows.payment_core import (
+    INTENT_LOOKUP_STATES,
     INTENT_STATUS_EVENTS,
     INTENT_STATUS_TARGETS,
     RESOLUTION_EVENTS,
@@ -33,6 +34,7 @@ from workflows.payment_core import (
     plan_for_intent,
     plan_resolution,
     settlement_net,
+    stale_intent_event,
 )
 from workflows.payment_models import (
     RESOLUTIONS,
@@ -782,4 +784,34 @@ def test_error_type_names() -> None:
         "CardDeclined",
         "StripeRequestRefused",
         "StripeServerError",
+    )
+
+
+# ------------------------------------------------------------------ stale intent events (no lookup)
+
+
+@pytest.mark.parametrize("status", sorted(INTENT_LOOKUP_STATES))
+@pytest.mark.parametrize("event_status", [*KNOWN_INTENT_STATUSES, "requires_confirmation", None])
+def test_before_the_charge_and_in_question_an_intent_event_is_always_looked_up(
+    status: S, event_status: str | None
+) -> None:
+    assert stale_intent_event(status, event_status, unclaimed_too=True) is None
+    assert stale_intent_event(status, event_status, unclaimed_too=False) is None
+
+
+def test_a_status_the_machine_refuses_is_stale_past_the_charge() -> None:
+    assert stale_intent_event(S.CAPTURED, "succeeded", unclaimed_too=False) == (
+        "stale: payment already CAPTURED (event says succeeded)"
+    )
+    assert stale_intent_event(S.SETTLED, "processing", unclaimed_too=False) == (
+        "stale: payment already SETTLED (event says processing)"
+    )
+    # A capture of an authorised payment is a move the machine allows: ask Stripe.
+    assert stale_intent_event(S.AUTHORIZED, "succeeded", unclaimed_too=False) is None
+
+
+def test_an_event_claiming_no_status_is_stale_only_since_the_patch() -> None:
+    assert stale_intent_event(S.CAPTURED, "requires_confirmation", unclaimed_too=False) is None
+    assert stale_intent_event(S.CAPTURED, "requires_confirmation", unclaimed_too=True) == (
+        "claims no status Penny acts on (requires_confirmation): payment already CAPTURED"
     )

@@ -21,7 +21,7 @@ from workflows.payment_models import (
     RefundRecord,
     SplitPart,
 )
-from workflows.state_machine import RANK, PaymentEvent, PaymentStatus
+from workflows.state_machine import RANK, PaymentEvent, PaymentStatus, decide
 
 S = PaymentStatus
 E = PaymentEvent
@@ -45,6 +45,9 @@ INTENT_STATUS_TARGETS: dict[str, PaymentStatus] = {
     "canceled": S.CANCELED,
 }
 PRE_CAPTURE = frozenset({S.CREATED, S.REQUIRES_PAYMENT_METHOD, S.REQUIRES_ACTION, S.PROCESSING})
+# States in which a look at Stripe could still change what Penny knows of the charge: before it,
+# and where Penny's status is itself in question (FAILED/CANCELED ask, to catch contradictions).
+INTENT_LOOKUP_STATES = frozenset({*PRE_CAPTURE, S.NEEDS_REVIEW, S.FAILED, S.CANCELED})
 # States in which Stripe holds a succeeded charge for the payment.
 MONEY_CAPTURED = frozenset({S.CAPTURED, S.SETTLED, S.PARTIALLY_REFUNDED, S.DISPUTED})
 # States after a capture, in which the captured money must be disbursed.
@@ -348,3 +351,25 @@ def _resolution_plan(
     if target is S.PROCESSING and intent is None:
         plan.charge_requested = True
     return plan
+
+
+def stale_intent_event(current: PaymentStatus | str, event_status: str | None, *, unclaimed_too: bool) -> str | None:
+    """Why an event about the payment's own PaymentIntent cannot move the payment, so that
+    Stripe need not be asked (None: look the intent up, then apply what it says).
+
+    Past the charge, an event claiming a status the state machine refuses is stale, whatever
+    Stripe says now; with `unclaimed_too` (patch unclaimed-intent-events-v1), so is one claiming
+    no status Penny knows (payment_intent.created: requires_confirmation). FAILED and CANCELED
+    still ask, to catch a contradiction.
+    """
+    status = PaymentStatus(current)
+    if status in INTENT_LOOKUP_STATES:
+        return None
+    claimed = INTENT_STATUS_EVENTS.get(event_status or "")
+    if claimed is None:
+        if unclaimed_too:
+            return f"claims no status Penny acts on ({event_status}): payment already {status}"
+        return None
+    if decide(status, claimed, from_processor=True).allowed:
+        return None
+    return f"stale: payment already {status} (event says {event_status})"

@@ -25,7 +25,6 @@ from workflows.payment_shell import (
     S,
     StepFailed,
 )
-from workflows.state_machine import decide
 
 # REFUND_EVENT_TYPES: events about one refund (their object is the refund): re-fetched and acted on.
 
@@ -77,22 +76,17 @@ class EventSteps(RefundSteps):
             await self._ignore(event, f"event for another PaymentIntent {event.object_id} ({other.status})")
             return
         current = S(state.status)
-        claimed = core.INTENT_STATUS_EVENTS.get(event.status or "")
-        settled_enough = current not in core.PRE_CAPTURE and current not in (S.NEEDS_REVIEW, S.FAILED, S.CANCELED)
-        if claimed is not None and settled_enough and not decide(current, claimed, from_processor=True).allowed:
-            # Even if Stripe's truth were further along, this event cannot move the payment:
-            # no need to ask Stripe (FAILED/CANCELED still ask, to catch contradictions).
-            await self._ignore(event, f"stale: payment already {current} (event says {event.status})")
-            return
-        if (
-            claimed is None
-            and settled_enough
-            and event.object_id == state.stripe_payment_intent_id
-            and self._skip_lookup_of_unclaimed_intent_events
-        ):
-            # It claims no status (e.g. payment_intent.created: requires_confirmation), and the
-            # payment is past its charge: a look at Stripe could only find what Penny has.
-            await self._ignore(event, f"claims no status Penny acts on ({event.status}): payment already {current}")
+        # Even if Stripe's truth were further along, a stale event cannot move the payment: no
+        # need to ask Stripe. An event claiming no status (payment_intent.created) after the
+        # charge is stale too, since patch unclaimed-intent-events-v1.
+        stale = core.stale_intent_event(
+            current,
+            event.status,
+            unclaimed_too=self._skip_lookup_of_unclaimed_intent_events
+            and event.object_id == state.stripe_payment_intent_id,
+        )
+        if stale is not None:
+            await self._ignore(event, stale)
             return
         # The event's object may be stale: re-retrieve the PaymentIntent before acting.
         intent = await self._stripe("stripe_retrieve_payment_intent", event.object_id, IntentSnapshot)
