@@ -14,6 +14,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import activity, workflow
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
 
 BARE_ACTIVITY_COUNT = 4  # prepare (risk screen inside), transition, create PaymentIntent, transition
 BARE_AFTER_MILESTONE_COUNT = 1  # book fee + destination transfer
@@ -48,12 +50,27 @@ class BareWorkflow:
         return True
 
 
+async def start_to_milestone(client: Client, workflow_id: str, task_queue: str) -> None:
+    """Start a bare workflow the way the API starts a payment (update-with-start) and wait for
+    its first milestone: the baseline round trip of bench/payments.py and bench/api.py."""
+    operation = WithStartWorkflowOperation(
+        BareWorkflow.run,
+        BARE_ACTIVITY_COUNT,
+        id=workflow_id,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        task_queue=task_queue,
+    )
+    reached: object = await client.execute_update_with_start_workflow(
+        BareWorkflow.first_milestone, start_workflow_operation=operation
+    )
+    assert reached is True, reached
+
+
 async def _serve(address: str, task_queue: str) -> None:
     """Run the bare worker in its own process (as bench/payments.py runs Penny's worker.py)."""
     import asyncio
     import signal
 
-    from temporalio.client import Client
     from temporalio.worker import Worker
 
     client = await Client.connect(address)

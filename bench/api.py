@@ -79,9 +79,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/ledger.py must not shadow the ledger package
 
-from _bare_workflow import BARE_ACTIVITY_COUNT, BareWorkflow  # noqa: E402
-from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
-from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
+from _bare_workflow import start_to_milestone  # noqa: E402
+from temporalio.client import Client  # noqa: E402
 
 from api.workflow_client import start_payment  # noqa: E402
 from penny.client import AsyncPennyClient, PennyError, RetryEvent, new_idempotency_key  # noqa: E402
@@ -572,17 +571,8 @@ async def bare_runs(
 
     def send_for(prefix: str) -> Send:
         async def send(index: int) -> str:
-            operation = WithStartWorkflowOperation(
-                BareWorkflow.run,
-                BARE_ACTIVITY_COUNT,
-                id=f"bare-{run_id}-{prefix}-{index}",
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                task_queue=queue,
-            )
             async with in_flight:
-                await client.execute_update_with_start_workflow(
-                    BareWorkflow.first_milestone, start_workflow_operation=operation
-                )
+                await start_to_milestone(client, f"bare-{run_id}-{prefix}-{index}", queue)
             return "first milestone"
 
         return send

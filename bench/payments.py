@@ -36,9 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/ledger.py must not shadow the ledger package
 
-from _bare_workflow import BARE_ACTIVITY_COUNT, BARE_AFTER_MILESTONE_COUNT, BareWorkflow  # noqa: E402
-from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
-from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
+from _bare_workflow import BARE_ACTIVITY_COUNT, BARE_AFTER_MILESTONE_COUNT, start_to_milestone  # noqa: E402
+from temporalio.client import Client  # noqa: E402
 
 from api.workflow_client import start_payment  # noqa: E402
 from penny.db import migrate  # noqa: E402
@@ -197,16 +196,7 @@ async def main_async(payments: int, concurrencies: list[int], rounds: int) -> No
                 bare_queue = f"bench-bare-{tag}"
 
                 async def bare_one(index: int, queue: str = bare_queue, tag: str = tag) -> None:
-                    operation = WithStartWorkflowOperation(
-                        BareWorkflow.run,
-                        BARE_ACTIVITY_COUNT,
-                        id=f"bare-{run_id}-{tag}-{index}",
-                        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                        task_queue=queue,
-                    )
-                    await client.execute_update_with_start_workflow(
-                        BareWorkflow.first_milestone, start_workflow_operation=operation
-                    )
+                    await start_to_milestone(client, f"bare-{run_id}-{tag}-{index}", queue)
 
                 bare_worker = spawn_worker([sys.executable, str(ROOT / "bench" / "_bare_workflow.py"),
                                             settings.effective_temporal_address, bare_queue], {})  # fmt: skip

@@ -49,6 +49,18 @@ def one_statement_only(activities: PaymentActivities) -> Apply:
     return activities.apply_transition
 
 
+def general_path_calls(activities: PaymentActivities) -> list[str]:
+    """The transition ids `activities` sends through the general path, as they go."""
+    calls: list[str] = []
+
+    async def general_path(request: TransitionInput) -> TransitionResult:
+        calls.append(request.transition_id)
+        return await PaymentActivities._apply_in_steps(activities, request)
+
+    activities._apply_in_steps = general_path  # type: ignore[method-assign]
+    return calls
+
+
 async def prepare(activities: PaymentActivities, tag: str, *, capture_method: str = "automatic") -> str:
     payment_id = f"pay_{tag}_{uuid.uuid4().hex[:10]}"
     await activities.prepare_payment(
@@ -248,13 +260,7 @@ async def test_entries_sharing_a_key_take_the_general_path(engine: AsyncEngine) 
     steps = transitions(payment_id)
     await activities.apply_transition(steps[0])
     before = await written(engine, payment_id)
-    general_calls: list[str] = []
-
-    async def general_path(request: TransitionInput) -> TransitionResult:
-        general_calls.append(request.transition_id)
-        return await PaymentActivities._apply_in_steps(activities, request)
-
-    activities._apply_in_steps = general_path  # type: ignore[method-assign]
+    general_calls = general_path_calls(activities)
     twice = TransitionInput(
         transition_id=f"{payment_id}:captured-twice",
         payment_id=payment_id,
@@ -274,13 +280,7 @@ async def test_entries_sharing_a_key_take_the_general_path(engine: AsyncEngine) 
 async def test_a_manual_capture_settles_its_hold_through_the_general_path(engine: AsyncEngine) -> None:
     activities = PaymentActivities(engine)
     payment_id = await prepare(activities, "manual", capture_method="manual")
-    general_calls: list[str] = []
-
-    async def general_path(request: TransitionInput) -> TransitionResult:
-        general_calls.append(request.transition_id)
-        return await PaymentActivities._apply_in_steps(activities, request)
-
-    activities._apply_in_steps = general_path  # type: ignore[method-assign]
+    general_calls = general_path_calls(activities)
     authorized = await activities.apply_transition(
         TransitionInput(
             transition_id=f"{payment_id}:authorized",
@@ -472,13 +472,7 @@ async def test_without_the_asyncpg_connection_transitions_take_the_general_path(
         await apply_fast(step)
     monkeypatch.setattr(payments, "_statement_driver", _no_driver)
     fallback = PaymentActivities(engine)
-    general_calls: list[str] = []
-
-    async def general_path(request: TransitionInput) -> TransitionResult:
-        general_calls.append(request.transition_id)
-        return await PaymentActivities._apply_in_steps(fallback, request)
-
-    fallback._apply_in_steps = general_path  # type: ignore[method-assign]
+    general_calls = general_path_calls(fallback)
     fallback_id = await prepare(fallback, "fallback")
     for step in transitions(fallback_id):
         await fallback.apply_transition(step)
