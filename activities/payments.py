@@ -198,7 +198,7 @@ class PaymentActivities:
         )
         # One statement (migration 0014): the row, its audit row and outbox event, the screen's reads.
         async with self._engine.connect() as connection:
-            driver = await _statement_driver(connection)
+            driver = await books.statement_driver(connection)
             if driver is not None:
                 row = await driver.fetchrow(_PREPARE_PAYMENT_SQL, *arguments)
             else:
@@ -303,7 +303,7 @@ class PaymentActivities:
         """The transition as ONE statement (`apply_transition`, migration 0013): one round trip,
         its own transaction. None: this transition needs the general path (nothing was written)."""
         async with self._engine.connect() as connection:
-            driver = await _statement_driver(connection)
+            driver = await books.statement_driver(connection)
             if driver is None:
                 return None  # not SQLAlchemy's asyncpg adapter as expected: the general path
             split_json: str | None = None
@@ -649,17 +649,6 @@ def _risk_decision(
     if request.amount > RISK_REVIEW_AMOUNT_MINOR:
         return RiskCheckResult("review", f"amount {request.amount} above RISK_REVIEW_AMOUNT_MINOR")
     return RiskCheckResult("allow", "within limits")
-
-
-async def _statement_driver(connection: AsyncConnection) -> asyncpg.Connection | None:
-    """The asyncpg connection under a pooled SQLAlchemy connection that has begun no transaction:
-    a statement sent on it is its own transaction, one round trip. None where SQLAlchemy's
-    asyncpg adapter is not as expected (then the caller goes through SQLAlchemy)."""
-    adapted = (await connection.get_raw_connection()).dbapi_connection
-    driver = getattr(adapted, "_connection", None)
-    if not isinstance(driver, asyncpg.Connection) or getattr(adapted, "_transaction", "missing") is not None:
-        return None
-    return driver
 
 
 def _conflict(request: TransitionInput, current: str | None) -> ApplicationError:

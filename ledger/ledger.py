@@ -346,6 +346,17 @@ async def _driver_connection(connection: AsyncConnection) -> Any | None:
     return driver if getattr(adapted, "_transaction", None) is not None else None
 
 
+async def statement_driver(connection: AsyncConnection) -> asyncpg.Connection | None:
+    """The asyncpg connection under a pooled SQLAlchemy connection that has begun no
+    transaction: a statement sent on it is its own transaction, one round trip. None where
+    SQLAlchemy's asyncpg adapter is not as expected (the caller then goes through SQLAlchemy)."""
+    adapted = (await connection.get_raw_connection()).dbapi_connection
+    driver = getattr(adapted, "_connection", None)
+    if not isinstance(driver, asyncpg.Connection) or getattr(adapted, "_transaction", "missing") is not None:
+        return None
+    return driver
+
+
 async def _post_entries_rows(
     connection: AsyncConnection, driver: Any | None, parameters: dict[str, Any]
 ) -> list[tuple[int, int, bool]]:
@@ -914,9 +925,8 @@ class Ledger:
         # A single statement outside BEGIN/COMMIT is its own transaction (the deferred balance
         # check runs at its end): one round trip for the whole call.
         async with self.engine.connect() as connection:
-            adapted = (await connection.get_raw_connection()).dbapi_connection
-            driver = getattr(adapted, "_connection", None)
-            if isinstance(driver, asyncpg.Connection) and getattr(adapted, "_transaction", "missing") is None:
+            driver = await statement_driver(connection)
+            if driver is not None:
                 return await _post_drafts(connection, drafts, accounts, driver=driver)
             async with connection.begin():
                 return await _post_drafts(connection, drafts, accounts)

@@ -21,7 +21,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
-from activities import payments
 from activities.payment_types import (
     INVALID_PAYMENT_REQUEST,
     LEDGER_REJECTED,
@@ -34,6 +33,7 @@ from activities.payment_types import (
     TransitionResult,
 )
 from activities.payments import RISK_REVIEW_AMOUNT_MINOR, RISK_VELOCITY_MAX_PAYMENTS, PaymentActivities
+from ledger import ledger as books
 from workflows.payment_models import ComputedSplit, SplitPart, SplitRecipientSpec
 
 Apply = Callable[[TransitionInput], Awaitable[TransitionResult]]
@@ -360,7 +360,7 @@ async def test_prepare_writes_the_row_its_audit_row_and_its_outbox_event_once(
     engine: AsyncEngine, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if path == "through SQLAlchemy":
-        monkeypatch.setattr(payments, "_statement_driver", _no_driver)
+        monkeypatch.setattr(books, "statement_driver", _no_driver)
     activities = PaymentActivities(engine)
     payment_id = f"pay_prep_{uuid.uuid4().hex[:10]}"
     request = prepare_input(payment_id, f"order-{payment_id}", customer=f"cus_{payment_id}")
@@ -470,7 +470,7 @@ async def test_without_the_asyncpg_connection_transitions_take_the_general_path(
     apply_fast = one_statement_only(fast)
     for step in transitions(fast_id):
         await apply_fast(step)
-    monkeypatch.setattr(payments, "_statement_driver", _no_driver)
+    monkeypatch.setattr(books, "statement_driver", _no_driver)
     fallback = PaymentActivities(engine)
     general_calls = general_path_calls(fallback)
     fallback_id = await prepare(fallback, "fallback")
