@@ -24,7 +24,7 @@ from activities.payments import PaymentActivities
 from activities.reconciliation import ReconciliationActivities
 from activities.stripe import StripeActivities
 from activities.webhooks import WebhookRelayActivities
-from penny import tracing
+from penny import sandbox_runner, tracing
 from penny.db import create_engine
 from penny.logs import configure_logging
 from penny.ops_monitor import monitor_forever
@@ -77,7 +77,8 @@ SANDBOX_PASSTHROUGH_MODULES = (
 
 def workflow_runner() -> SandboxedWorkflowRunner:
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*SANDBOX_PASSTHROUGH_MODULES)
-    return SandboxedWorkflowRunner(restrictions=restrictions)
+    # The SDK's sandbox, its per-activation code strings compiled once (penny/sandbox_runner.py).
+    return sandbox_runner.workflow_runner(restrictions)
 
 
 def workflow_classes() -> Sequence[type]:

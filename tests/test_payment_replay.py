@@ -51,8 +51,15 @@ def recorded_histories() -> list[Path]:
 
 
 def replayer() -> Replayer:
-    # The worker's converter (penny.payload_converter): recorded payloads decode with it as they did.
-    return Replayer(workflows=[PaymentWorkflow, HealthCheckWorkflow], data_converter=DATA_CONVERTER)
+    # The worker's converter (penny.payload_converter): recorded payloads decode with it as they did;
+    # and the worker's sandbox runner (its pass-through modules, its code compiled once).
+    from worker import workflow_runner
+
+    return Replayer(
+        workflows=[PaymentWorkflow, HealthCheckWorkflow],
+        data_converter=DATA_CONVERTER,
+        workflow_runner=workflow_runner(),
+    )
 
 
 @pytest.mark.parametrize("history_file", recorded_histories(), ids=lambda path: path.stem)
