@@ -86,6 +86,7 @@ from api.workflow_client import start_payment  # noqa: E402
 from penny.client import AsyncPennyClient, PennyError, RetryEvent, new_idempotency_key  # noqa: E402
 from penny.db import create_engine  # noqa: E402
 from penny.keys import create_api_key  # noqa: E402
+from penny.payload_converter import DATA_CONVERTER  # noqa: E402
 from penny.services import free_port, stop_process  # noqa: E402
 from penny.settings import Settings  # noqa: E402
 from penny.stack import Stack  # noqa: E402
@@ -630,7 +631,10 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
     settings = stack.settings
     rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
     load = ApiLoad(f"http://{settings.host}:{settings.api_port}", await make_key(settings))
-    client = await Client.connect(settings.effective_temporal_address, namespace=settings.temporal_namespace)
+    # The workflow-throughput baseline starts payments as the API does, with the API's converter.
+    client = await Client.connect(
+        settings.effective_temporal_address, namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER
+    )
 
     def stack_parts() -> dict[str, int | None]:
         parts = {name: pid for name, pid in stack.pids().items()}

@@ -41,6 +41,7 @@ from temporalio.client import Client  # noqa: E402
 
 from api.workflow_client import start_payment  # noqa: E402
 from penny.db import migrate  # noqa: E402
+from penny.payload_converter import DATA_CONVERTER  # noqa: E402
 from penny.services import (  # noqa: E402
     EmbeddedPostgres,
     free_port,
@@ -172,7 +173,8 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 
 async def main_async(payments: int, concurrencies: list[int], rounds: int) -> None:
     async with services() as (database_url, temporal_port, emulator_port):
-        client = await Client.connect(f"127.0.0.1:{temporal_port}")
+        # Decoding as the API does (its client carries Penny's converter): the load generator stands in for it.
+        client = await Client.connect(f"127.0.0.1:{temporal_port}", data_converter=DATA_CONVERTER)
         settings = Settings(
             env="test",
             database_url=database_url,

@@ -54,6 +54,7 @@ from api.workflow_client import start_payment  # noqa: E402
 from ledger import ledger as books  # noqa: E402
 from penny.chaos_checks import check_one_charge_per_order  # noqa: E402
 from penny.db import create_engine  # noqa: E402
+from penny.payload_converter import DATA_CONVERTER  # noqa: E402
 from penny.services import stop_process  # noqa: E402
 from penny.settings import Settings  # noqa: E402
 from stripe_emulator.control import EmulatorControl  # noqa: E402
@@ -182,7 +183,7 @@ async def main_async(payments: int, concurrency: int) -> int:
         print(f"  {'PASS' if ok else 'FAIL'} {name}: {detail}")
 
     async with services("penny-bench-workers-") as (database_url, temporal_port, emulator_port):
-        client = await Client.connect(f"127.0.0.1:{temporal_port}")
+        client = await Client.connect(f"127.0.0.1:{temporal_port}", data_converter=DATA_CONVERTER)  # as the API's
         settings = Settings(
             env="test",
             database_url=database_url,
