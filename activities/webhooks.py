@@ -53,6 +53,7 @@ from activities.webhook_types import (
 )
 from penny import webhook_metrics as metrics
 from penny.settings import Settings
+from workflows.payment_core import intent_created_claims_nothing
 from workflows.payment_models import SIGNAL_STRIPE_EVENT, StripeEventSignal, payment_workflow_acts_on
 
 logger = logging.getLogger("penny.webhooks")
@@ -521,6 +522,12 @@ async def route_event(engine: AsyncEngine, event: ParsedEvent, payouts: PayoutLo
     if route.outcome == "route" and not payment_workflow_acts_on(event.type, event.object_type):
         # The workflow would only record it as ignored: say so here, without waking it.
         reason = f"{event.type} needs no action from the payment workflow ({route.reason})"
+        return Route("ignored", reason, route.targets)
+    status = _string(event.object.get("status"), SIGNAL_TEXT_LENGTH_MAX)
+    if route.outcome == "route" and intent_created_claims_nothing(event.type, status):
+        # Nothing the workflow could learn from it: it would record it as ignored, or look the
+        # intent up only to find what the intent's next event says.
+        reason = f"{event.type} claims no status the payment acts on ({status}) ({route.reason})"
         return Route("ignored", reason, route.targets)
     return route
 

@@ -29,6 +29,7 @@ from workflows.payment_core import (
     Refusal,
     captured_parts,
     held_before,
+    intent_created_claims_nothing,
     is_ambiguous,
     key_must_change,
     plan_for_intent,
@@ -815,3 +816,25 @@ def test_an_event_claiming_no_status_is_stale_only_since_the_patch() -> None:
     assert stale_intent_event(S.CAPTURED, "requires_confirmation", unclaimed_too=True) == (
         "claims no status Penny acts on (requires_confirmation): payment already CAPTURED"
     )
+
+
+@pytest.mark.parametrize(
+    ("event_type", "event_status", "claims_nothing"),
+    [
+        ("payment_intent.created", "requires_confirmation", True),
+        ("payment_intent.created", None, True),
+        ("payment_intent.created", "some_future_status", True),
+        # As created without a payment method: claims a decline, so the workflow still sees it.
+        ("payment_intent.created", "requires_payment_method", False),
+        ("payment_intent.created", "succeeded", False),
+        ("payment_intent.created", "requires_action", False),
+        # Other intent events carry progress even when their status is unclaimed.
+        ("payment_intent.succeeded", "requires_confirmation", False),
+        ("payment_intent.payment_failed", "requires_payment_method", False),
+        ("payment_intent.canceled", None, False),
+    ],
+)
+def test_only_an_intent_created_event_claiming_no_status_is_left_out(
+    event_type: str, event_status: str | None, claims_nothing: bool
+) -> None:
+    assert intent_created_claims_nothing(event_type, event_status) is claims_nothing

@@ -711,7 +711,9 @@ async def test_events_the_workflow_never_acts_on_are_ignored_without_waking_it(
     webhooks: WebhookSetup, payment_stack: PaymentStack
 ) -> None:
     """charge.succeeded is routed to its payment and marked ignored by the router itself (the
-    workflow would only have recorded it as ignored); payment_intent.succeeded still reaches it."""
+    workflow would only have recorded it as ignored), and so is payment_intent.created, whose
+    intent as created claims no status (requires_confirmation); payment_intent.succeeded still
+    reaches the workflow."""
     state, handle = await start_requires_action(payment_stack)
     await webhooks.control.complete_action(state.stripe_payment_intent_id or "", "succeed")
     await wait_for_status(handle, "CAPTURED", timeout=20)
@@ -721,13 +723,30 @@ async def test_events_the_workflow_never_acts_on_are_ignored_without_waking_it(
     async def both_processed() -> bool:
         rows = await inbox_for_intents(engine, [state.stripe_payment_intent_id or ""])
         kinds = {row.type: row.status for row in rows}
-        return kinds.get("charge.succeeded") == "ignored" and kinds.get("payment_intent.succeeded") == "delivered"
+        return (
+            kinds.get("charge.succeeded") == "ignored"
+            and kinds.get("payment_intent.created") == "ignored"
+            and kinds.get("payment_intent.succeeded") == "delivered"
+        )
 
-    await wait_until(both_processed, 10, "charge.succeeded ignored and payment_intent.succeeded delivered")
+    await wait_until(both_processed, 10, "charge.succeeded and payment_intent.created ignored, succeeded delivered")
     rows = {row.type: row for row in await inbox_for_intents(engine, [state.stripe_payment_intent_id or ""])}
     charge = rows["charge.succeeded"]
     assert charge.payment_id == state.payment_id
     assert charge.last_error.startswith("charge.succeeded needs no action from the payment workflow (by ")
+    created = rows["payment_intent.created"]
+    assert created.payment_id == state.payment_id
+    assert created.last_error.startswith(
+        "payment_intent.created claims no status the payment acts on (requires_confirmation) (by "
+    )
     trail = await events_for_payment(engine, state.payment_id)
     assert charge.event_id not in {row.stripe_event_id for row in trail}
+    assert created.event_id not in {row.stripe_event_id for row in trail}
     assert rows["payment_intent.succeeded"].event_id in {row.stripe_event_id for row in trail}
+    signalled = [
+        json.loads(event.workflow_execution_signaled_event_attributes.input.payloads[0].data)["event_id"]
+        for event in (await handle.fetch_history()).events
+        if event.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert rows["payment_intent.succeeded"].event_id in signalled
+    assert charge.event_id not in signalled and created.event_id not in signalled

@@ -353,6 +353,20 @@ def _resolution_plan(
     return plan
 
 
+INTENT_CREATED_EVENT = "payment_intent.created"
+
+
+def intent_created_claims_nothing(event_type: str, event_status: str | None) -> bool:
+    """A `payment_intent.created` event whose intent, as created, claims no status Penny acts on
+    (requires_confirmation): whatever the payment's status, the workflow learns nothing from it.
+
+    The webhook router records it as ignored without waking the workflow (#16). The intent's
+    progress comes in the events that follow it (succeeded, requires_action, payment_failed,
+    ...), each claiming its status, and in the workflow's own polls and lookups.
+    """
+    return event_type == INTENT_CREATED_EVENT and INTENT_STATUS_EVENTS.get(event_status or "") is None
+
+
 def stale_intent_event(current: PaymentStatus | str, event_status: str | None, *, unclaimed_too: bool) -> str | None:
     """Why an event about the payment's own PaymentIntent cannot move the payment, so that
     Stripe need not be asked (None: look the intent up, then apply what it says).
