@@ -1,8 +1,14 @@
 """Optional persistence: the whole state as one JSON snapshot in a SQLite file.
 
 The snapshot is written when the state changed, at most every `persist_interval_seconds`,
-and on shutdown; a crash loses at most that interval. One row, replaced atomically in a
-transaction, so a reader never sees half a snapshot.
+and on shutdown. One row, replaced atomically in a transaction, so a reader never sees half
+a snapshot.
+
+A snapshot's cost grows with the state, so the pause after one is at least
+`1 / PERSIST_BUSY_SHARE_MAX` times what it took: snapshots use at most that share of the
+emulator's time, however many objects it holds (at the fixed interval, a long `penny dev`
+session or benchmark spent more and more of its CPU re-serialising the same objects: #16). A
+crash loses at most the longer of the two pauses.
 """
 
 from __future__ import annotations
@@ -12,6 +18,15 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+# Snapshots take at most this share of the emulator's time (the pause after one is its cost
+# divided by this share, and never less than the configured interval).
+PERSIST_BUSY_SHARE_MAX = 0.05
+
+
+def persist_pause_seconds(interval_seconds: float, snapshot_seconds: float) -> float:
+    """How long to wait before the next snapshot, after one that took `snapshot_seconds`."""
+    return max(interval_seconds, snapshot_seconds / PERSIST_BUSY_SHARE_MAX)
 
 
 class SnapshotStore:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -23,7 +24,7 @@ from stripe_emulator import _disputes, _events, _money, _payments, _refunds
 from stripe_emulator import _forms as forms
 from stripe_emulator._errors import StripeError, api_error, invalid_request, rate_limited
 from stripe_emulator._faults import FaultRegistry
-from stripe_emulator._persistence import SnapshotStore
+from stripe_emulator._persistence import SnapshotStore, persist_pause_seconds
 from stripe_emulator._router import Call, Route, match
 from stripe_emulator._state import API_VERSION, COLLECTION_NAMES, State
 from stripe_emulator._webhooks import WebhookDispatcher
@@ -153,17 +154,20 @@ class Emulator:
 
     async def _persist_forever(self) -> None:
         assert self.snapshots is not None
+        pause_seconds = self.config.persist_interval_seconds
         while True:
-            await asyncio.sleep(self.config.persist_interval_seconds)
+            await asyncio.sleep(pause_seconds)
             if not self.state.dirty:
                 continue
             self.state.dirty = False
+            started = time.perf_counter()
             body = json.dumps(self.state.to_json(), separators=(",", ":"))
             try:
                 await asyncio.to_thread(self.snapshots.save, body)
             except Exception:
                 self.state.dirty = True
                 logger.exception("could not persist the emulator state")
+            pause_seconds = persist_pause_seconds(self.config.persist_interval_seconds, time.perf_counter() - started)
 
     # ----------------------------------------------------------------- ASGI
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -454,10 +455,35 @@ def test_state_survives_a_restart_with_sqlite(emulator_factory, tmp_path) -> Non
     assert restored.status == "succeeded"
 
 
-def EmulatorConfig_with_sqlite(path: str):  # type: ignore[no-untyped-def]
+def EmulatorConfig_with_sqlite(path: str, **overrides: object):  # type: ignore[no-untyped-def]
     import dataclasses
 
-    return dataclasses.replace(EMULATOR_TEST_CONFIG, sqlite_path=path)
+    return dataclasses.replace(EMULATOR_TEST_CONFIG, sqlite_path=path, **overrides)  # type: ignore[arg-type]
+
+
+def test_a_running_emulator_snapshots_new_objects_without_a_restart(emulator_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from stripe_emulator._persistence import SnapshotStore
+
+    path = str(tmp_path / "emulator.sqlite3")
+    running = emulator_factory(EmulatorConfig_with_sqlite(path, persist_interval_seconds=0.05))
+    try:
+        intent = _create_confirmed(emulator_stripe_client(running.base_url))
+        deadline = time.monotonic() + 10
+        while intent.id not in json.dumps(SnapshotStore(path).load() or {}):
+            assert time.monotonic() < deadline, "the running emulator never wrote the new PaymentIntent"
+            time.sleep(0.05)
+    finally:
+        running.stop()
+
+
+def test_snapshots_take_a_bounded_share_of_the_emulators_time() -> None:
+    from stripe_emulator._persistence import PERSIST_BUSY_SHARE_MAX, persist_pause_seconds
+
+    assert persist_pause_seconds(1.0, 0.01) == 1.0  # cheap: the configured interval
+    assert persist_pause_seconds(1.0, 0.2) == pytest.approx(0.2 / PERSIST_BUSY_SHARE_MAX)  # 4 s after a 200 ms one
+    snapshot_seconds = 0.5
+    pause = persist_pause_seconds(1.0, snapshot_seconds)
+    assert snapshot_seconds / (snapshot_seconds + pause) <= PERSIST_BUSY_SHARE_MAX
 
 
 # ------------------------------------------------------------------ events and webhook endpoints
