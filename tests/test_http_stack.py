@@ -1,6 +1,7 @@
-"""The async HTTP stack Penny's processes share (httpx over httpcore) finds what it looks up per request.
+"""The async HTTP stack Penny's processes share: httpx over httpcore finds what it looks up per
+request, and uvicorn serves on uvloop.
 
-Unit test of one function (no services).
+Unit tests (no services).
 """
 
 from __future__ import annotations
@@ -34,3 +35,16 @@ async def test_httpcore_tells_asyncio_without_searching_for_a_module_each_reques
     for _ in range(3):
         assert _synchronization.current_async_library() == "asyncio"
     assert finder.searched == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop does not run on Windows")
+def test_uvicorn_runs_the_api_on_uvloop() -> None:
+    """`penny api` leaves the loop to uvicorn ("auto"), which takes uvloop when it is installed."""
+    import uvloop
+    from uvicorn.loops.auto import auto_loop_factory
+
+    loop = auto_loop_factory()()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
