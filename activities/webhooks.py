@@ -53,7 +53,7 @@ from activities.webhook_types import (
 )
 from penny import webhook_metrics as metrics
 from penny.settings import Settings
-from workflows.payment_core import intent_created_claims_nothing
+from workflows.payment_core import intent_created_claims_nothing, transfer_not_made_by_penny
 from workflows.payment_models import SIGNAL_STRIPE_EVENT, StripeEventSignal, payment_workflow_acts_on
 
 logger = logging.getLogger("penny.webhooks")
@@ -522,6 +522,14 @@ async def route_event(engine: AsyncEngine, event: ParsedEvent, payouts: PayoutLo
     if route.outcome == "route" and not payment_workflow_acts_on(event.type, event.object_type):
         # The workflow would only record it as ignored: say so here, without waking it.
         reason = f"{event.type} needs no action from the payment workflow ({route.reason})"
+        return Route("ignored", reason, route.targets)
+    metadata = event.object.get("metadata")
+    payment_id = _string(metadata.get("payment_id"), OBJECT_ID_LENGTH_MAX) if isinstance(metadata, dict) else None
+    if route.outcome == "route" and transfer_not_made_by_penny(event.type, event.object_type, payment_id):
+        reason = (
+            f"{event.type}: transfer {event.object_id} carries no Penny payment_id (a destination charge's,"
+            f" or made outside Penny) ({route.reason})"
+        )
         return Route("ignored", reason, route.targets)
     status = _string(event.object.get("status"), SIGNAL_TEXT_LENGTH_MAX)
     if route.outcome == "route" and intent_created_claims_nothing(event.type, status):

@@ -36,6 +36,7 @@ from workflows.payment_core import (
     plan_resolution,
     settlement_net,
     stale_intent_event,
+    transfer_not_made_by_penny,
 )
 from workflows.payment_models import (
     RESOLUTIONS,
@@ -838,3 +839,21 @@ def test_only_an_intent_created_event_claiming_no_status_is_left_out(
     event_type: str, event_status: str | None, claims_nothing: bool
 ) -> None:
     assert intent_created_claims_nothing(event_type, event_status) is claims_nothing
+
+
+@pytest.mark.parametrize(
+    ("event_type", "object_type", "payment_id", "not_pennys"),
+    [
+        ("transfer.created", "transfer", None, True),  # a destination charge's transfer
+        ("transfer.created", "transfer", "", True),
+        ("transfer.reversed", "transfer", None, True),
+        ("transfer.created", "transfer", "pay_abc", False),  # made by StripeActivities.create_transfer
+        ("transfer.updated", "transfer", "pay_abc", False),
+        ("transfer.created", "reversal", None, False),
+        ("payment_intent.succeeded", "payment_intent", None, False),
+    ],
+)
+def test_only_transfers_without_pennys_payment_id_are_left_out(
+    event_type: str, object_type: str, payment_id: str | None, not_pennys: bool
+) -> None:
+    assert transfer_not_made_by_penny(event_type, object_type, payment_id) is not_pennys

@@ -711,8 +711,9 @@ async def test_events_the_workflow_never_acts_on_are_ignored_without_waking_it(
     webhooks: WebhookSetup, payment_stack: PaymentStack
 ) -> None:
     """charge.succeeded is routed to its payment and marked ignored by the router itself (the
-    workflow would only have recorded it as ignored), and so is payment_intent.created, whose
-    intent as created claims no status (requires_confirmation); payment_intent.succeeded still
+    workflow would only have recorded it as ignored), and so are payment_intent.created, whose
+    intent as created claims no status (requires_confirmation), and the destination charge's
+    transfer.created (no Penny payment_id on the transfer); payment_intent.succeeded still
     reaches the workflow."""
     state, handle = await start_requires_action(payment_stack)
     await webhooks.control.complete_action(state.stripe_payment_intent_id or "", "succeed")
@@ -743,6 +744,10 @@ async def test_events_the_workflow_never_acts_on_are_ignored_without_waking_it(
     assert charge.event_id not in {row.stripe_event_id for row in trail}
     assert created.event_id not in {row.stripe_event_id for row in trail}
     assert rows["payment_intent.succeeded"].event_id in {row.stripe_event_id for row in trail}
+    transfers = await inbox_rows(engine, "type = 'transfer.created' AND payment_id = :id", {"id": state.payment_id})
+    assert len(transfers) == 1 and transfers[0].status == "ignored"
+    assert "carries no Penny payment_id (a destination charge's, or made outside Penny)" in transfers[0].last_error
+    assert transfers[0].event_id not in {row.stripe_event_id for row in trail}
     signalled = [
         json.loads(event.workflow_execution_signaled_event_attributes.input.payloads[0].data)["event_id"]
         for event in (await handle.fetch_history()).events
@@ -750,3 +755,4 @@ async def test_events_the_workflow_never_acts_on_are_ignored_without_waking_it(
     ]
     assert rows["payment_intent.succeeded"].event_id in signalled
     assert charge.event_id not in signalled and created.event_id not in signalled
+    assert transfers[0].event_id not in signalled

@@ -367,6 +367,21 @@ def intent_created_claims_nothing(event_type: str, event_status: str | None) -> 
     return event_type == INTENT_CREATED_EVENT and INTENT_STATUS_EVENTS.get(event_status or "") is None
 
 
+TRANSFER_EVENT_PREFIX = "transfer."
+
+
+def transfer_not_made_by_penny(event_type: str, object_type: str | None, metadata_payment_id: str | None) -> bool:
+    """A transfer event whose transfer carries no Penny `payment_id` in its metadata.
+
+    Stripe makes such a transfer itself for a destination charge (the payment books it from its
+    PaymentIntent), or someone made it outside Penny. The workflow acts on transfer events only
+    to record a transfer of its own that it could not see (found by that metadata), so the
+    webhook router records these as ignored without waking the workflow (#16). Transfers
+    Penny makes always carry it (`StripeActivities.create_transfer`).
+    """
+    return event_type.startswith(TRANSFER_EVENT_PREFIX) and object_type == "transfer" and not metadata_payment_id
+
+
 def stale_intent_event(current: PaymentStatus | str, event_status: str | None, *, unclaimed_too: bool) -> str | None:
     """Why an event about the payment's own PaymentIntent cannot move the payment, so that
     Stripe need not be asked (None: look the intent up, then apply what it says).
