@@ -12,8 +12,10 @@ The baseline is a workflow with the same activities as the payment runs in the w
 them before the milestone, local where the payment uses local ones: bench/_bare_workflow.py),
 each doing nothing, started and awaited the same way, on the same server in the same run.
 Bare and Penny runs alternate (`--rounds` of each per concurrency, each with its worker started
-afresh), so drift during the run falls on both. Prints payments/s and p50/p99 time to CAPTURED
-for both, each round's ratio, and the median ratio.
+afresh) in ABBA order: bare first in odd rounds, Penny first in even ones, so drift during the
+run (the dev server's SQLite grows) falls on both alike instead of always on the side measured
+second. Prints payments/s and p50/p99 time to CAPTURED for both, each round's ratio, and the
+median ratio.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -107,6 +109,21 @@ async def drive(count: int, concurrency: int, one) -> tuple[float, list[float]]:
     began = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     return time.perf_counter() - began, latencies
+
+
+Side = tuple[list[str], dict[str, str], Callable[[int], Awaitable[None]], Callable[[int], Awaitable[None]]]
+
+
+async def timed_side(side: Side, count: int, concurrency: int) -> tuple[float, list[float]]:
+    """One side of a round (worker command, its environment, the timed call, the warm-up call):
+    its worker started afresh, a short untimed warm-up, then `count` timed."""
+    command, environment, one, warm_up = side
+    worker = spawn_worker(command, environment)
+    try:
+        await drive(WARMUP_PAYMENTS, WARMUP_PAYMENTS, lambda index: warm_up(-1 - index))
+        return await drive(count, concurrency, one)
+    finally:
+        stop_process(worker)
 
 
 def report(name: str, elapsed: float, latencies: list[float]) -> float:
@@ -192,38 +209,39 @@ async def main_async(payments: int, concurrencies: list[int], rounds: int) -> No
             penny_rates: list[float] = []
             print(f" concurrency {concurrency}:")
             for round_number in range(1, rounds + 1):
-                # Interleaved rounds: the machine's drift (the dev server's SQLite file grows, other
-                # load comes and goes) falls on both sides alike; the ratio is the rounds' median.
+                # Interleaved rounds in ABBA order (bare first in odd rounds, Penny first in even
+                # ones): the machine's drift (the dev server's SQLite file grows, other load comes
+                # and goes) falls on both sides alike; the ratio is the rounds' median.
                 tag = f"{concurrency}-{round_number}"
                 bare_queue = f"bench-bare-{tag}"
+                statuses: dict[str, int] = {}
 
                 async def bare_one(index: int, queue: str = bare_queue, tag: str = tag) -> None:
                     await start_to_milestone(client, f"bare-{run_id}-{tag}-{index}", queue)
-
-                bare_worker = spawn_worker([sys.executable, str(ROOT / "bench" / "_bare_workflow.py"),
-                                            settings.effective_temporal_address, bare_queue], {})  # fmt: skip
-                try:
-                    await drive(WARMUP_PAYMENTS, WARMUP_PAYMENTS, lambda index: bare_one(-1 - index))
-                    bare_elapsed, bare_latencies = await drive(payments, concurrency, bare_one)
-                finally:
-                    stop_process(bare_worker)
-
-                statuses: dict[str, int] = {}
 
                 async def penny_one(index: int, tag: str = tag, statuses: dict[str, int] = statuses) -> None:
                     payment = bench_payment(f"bench-{run_id}-{tag}-{index}", index)
                     state = await start_payment(client, settings, payment)
                     statuses[state.status] = statuses.get(state.status, 0) + 1
 
-                penny_worker = spawn_worker([sys.executable, str(ROOT / "worker.py")], worker_environment(settings))
-                try:
-                    await drive(WARMUP_PAYMENTS, WARMUP_PAYMENTS, lambda index: penny_one(-1 - index, statuses={}))
-                    penny_elapsed, penny_latencies = await drive(payments, concurrency, penny_one)
-                finally:
-                    stop_process(penny_worker)
+                bare_command = [sys.executable, str(ROOT / "bench" / "_bare_workflow.py"),
+                                settings.effective_temporal_address, bare_queue]  # fmt: skip
+                penny_command = [sys.executable, str(ROOT / "worker.py")]
+
+                sides: dict[str, Side] = {
+                    "bare": (bare_command, {}, bare_one, bare_one),
+                    # Warm-up payments are not counted in the first milestones printed.
+                    "penny": (penny_command, worker_environment(settings), penny_one,
+                              lambda index: penny_one(index, statuses={})),
+                }  # fmt: skip
+                measured: dict[str, tuple[float, list[float]]] = {}
+                for side in ("bare", "penny") if round_number % 2 == 1 else ("penny", "bare"):
+                    measured[side] = await timed_side(sides[side], payments, concurrency)
+                bare_elapsed, bare_latencies = measured["bare"]
+                penny_elapsed, penny_latencies = measured["penny"]
                 # The bare baseline has the payment's shape: 4 activities to the milestone, 1 after.
                 bare_label = f"bare Temporal ({BARE_ACTIVITY_COUNT + BARE_AFTER_MILESTONE_COUNT} no-op activities)"
-                print(f"  round {round_number}:")
+                print(f"  round {round_number} ({'bare first' if round_number % 2 == 1 else 'Penny first'}):")
                 bare_rates.append(report(bare_label, bare_elapsed, bare_latencies))
                 penny_rates.append(report("Penny payment to CAPTURED", penny_elapsed, penny_latencies))
                 print(f"    ratio {penny_rates[-1] / bare_rates[-1]:.2f}   first milestones: {statuses}")
