@@ -201,8 +201,8 @@ async def main_async(payments: int, concurrencies: list[int], rounds: int) -> No
         )
         run_id = uuid.uuid4().hex[:6]
         print(
-            f"Payments benchmark: {payments} payments per run, {rounds} rounds per concurrency (bare, then Penny),"
-            " 2 cores; each worker in its own process"
+            f"Payments benchmark: {payments} payments per run, {rounds} rounds per concurrency (ABBA order:"
+            " bare first in odd rounds, Penny first in even ones), 2 cores; each worker in its own process"
         )
         for concurrency in concurrencies:
             bare_rates: list[float] = []
