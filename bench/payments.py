@@ -11,11 +11,14 @@ this process. Each payment is started the way the API starts it
 The baseline is a workflow with the same activities as the payment runs in the window (5, 4 of
 them before the milestone, local where the payment uses local ones: bench/_bare_workflow.py),
 each doing nothing, started and awaited the same way, on the same server in the same run.
-Bare and Penny runs alternate (`--rounds` of each per concurrency, each with its worker started
-afresh) in ABBA order: bare first in odd rounds, Penny first in even ones, so drift during the
-run (the dev server's SQLite grows) falls on both alike instead of always on the side measured
-second. Prints payments/s and p50/p99 time to CAPTURED for both, each round's ratio, and the
-median ratio.
+A third side, the footprint workflow, is that bare workflow plus what a payment asks of Temporal
+besides activities (patch markers, search-attribute upserts, the milestone's bounded wait): it
+splits Penny's distance from the baseline into Temporal's share and Penny's own work.
+The sides alternate (`--rounds` of each per concurrency, each with its worker started afresh)
+in ABBA order: bare, footprint, Penny in odd rounds and the reverse in even ones, so drift
+during the run (the dev server's SQLite grows) falls on all alike instead of always on the side
+measured last. Prints payments/s, p50/p99 time to CAPTURED and CPU ms per payment of each process
+for every side, each round's ratios, and the median ratios.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/ledger.py must not shadow the ledger package
 
 from _bare_workflow import BARE_ACTIVITY_COUNT, BARE_AFTER_MILESTONE_COUNT, start_to_milestone  # noqa: E402
+from _cpu import LOAD_GENERATOR, CpuMeter  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
 from api.workflow_client import start_payment  # noqa: E402
@@ -114,14 +118,28 @@ async def drive(count: int, concurrency: int, one) -> tuple[float, list[float]]:
 Side = tuple[list[str], dict[str, str], Callable[[int], Awaitable[None]], Callable[[int], Awaitable[None]]]
 
 
-async def timed_side(side: Side, count: int, concurrency: int) -> tuple[float, list[float]]:
+async def timed_side(
+    side: Side, count: int, concurrency: int, meter: CpuMeter | None = None, pids: dict[str, int] | None = None
+) -> tuple[float, list[float], str]:
     """One side of a round (worker command, its environment, the timed call, the warm-up call):
-    its worker started afresh, a short untimed warm-up, then `count` timed."""
+    its worker started afresh, a short untimed warm-up, then `count` timed. With a `meter`, also
+    the CPU each process spent per call, its work after the milestone included (measured until
+    the stack is quiet again; `pids["worker"]` is set to this side's worker)."""
     command, environment, one, warm_up = side
     worker = spawn_worker(command, environment)
+    if pids is not None:
+        pids["worker"] = worker.pid
     try:
         await drive(WARMUP_PAYMENTS, WARMUP_PAYMENTS, lambda index: warm_up(-1 - index))
-        return await drive(count, concurrency, one)
+        if meter is not None:
+            await meter.wait_quiet()
+        mark = meter.mark() if meter is not None else None
+        elapsed, latencies = await drive(count, concurrency, one)
+        cpu = ""
+        if meter is not None and mark is not None:
+            await meter.wait_quiet()
+            cpu = meter.per_request(mark, count).replace("per request", "per payment")
+        return elapsed, latencies, cpu
     finally:
         stop_process(worker)
 
@@ -136,9 +154,12 @@ def report(name: str, elapsed: float, latencies: list[float]) -> float:
 
 
 @asynccontextmanager
-async def services(prefix: str = "penny-bench-") -> AsyncIterator[tuple[str, int, int]]:
+async def services(
+    prefix: str = "penny-bench-", pids: dict[str, int] | None = None
+) -> AsyncIterator[tuple[str, int, int]]:
     """Embedded PostgreSQL (migrated), the Temporal dev server and the Stripe emulator, each in
-    its own process: (database url, Temporal port, emulator port)."""
+    its own process: (database url, Temporal port, emulator port). `pids`, when given, gets each
+    one's process id (PostgreSQL's postmaster, whose children are its backends)."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     postgres = EmbeddedPostgres(data_dir=workdir / "pg", port=free_port(), log_path=workdir / "pg.log")
     postgres.start()
@@ -167,6 +188,9 @@ async def services(prefix: str = "penny-bench-") -> AsyncIterator[tuple[str, int
     )  # fmt: skip
     try:
         assert wait_for_port("127.0.0.1", temporal_port, 30) and wait_for_port("127.0.0.1", emulator_port, 30)
+        if pids is not None:
+            postmaster = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
+            pids.update(postgres=postmaster, temporal=temporal.pid, emulator=emulator.pid)
         await asyncio.sleep(1.0)
         yield database_url, temporal_port, emulator_port
     finally:
@@ -188,8 +212,22 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     }
 
 
+SIDE_LABELS = {
+    "bare": f"bare Temporal ({BARE_ACTIVITY_COUNT + BARE_AFTER_MILESTONE_COUNT} no-op activities)",
+    "footprint": "bare + Penny's Temporal footprint",
+    "penny": "Penny payment to CAPTURED",
+}
+SIDE_ORDER = ("bare", "footprint", "penny")  # odd rounds; even rounds run it reversed
+
+
+def median_ratio(rates: dict[str, list[float]], top: str, bottom: str) -> float:
+    """The median over rounds of one side's rate over another's, each pair from the same round."""
+    return statistics.median(upper / lower for upper, lower in zip(rates[top], rates[bottom], strict=True))
+
+
 async def main_async(payments: int, concurrencies: list[int], rounds: int) -> None:
-    async with services() as (database_url, temporal_port, emulator_port):
+    pids: dict[str, int] = {}
+    async with services(pids=pids) as (database_url, temporal_port, emulator_port):
         # Decoding as the API does (its client carries Penny's converter): the load generator stands in for it.
         client = await Client.connect(f"127.0.0.1:{temporal_port}", data_converter=DATA_CONVERTER)
         settings = Settings(
@@ -200,24 +238,30 @@ async def main_async(payments: int, concurrencies: list[int], rounds: int) -> No
             stripe_api_base=f"http://127.0.0.1:{emulator_port}",
         )
         run_id = uuid.uuid4().hex[:6]
+        parts = ("postgres", "temporal", "emulator", "worker")
+        meter = CpuMeter(lambda: {**{name: pids.get(name) for name in parts}, LOAD_GENERATOR: os.getpid()})
         print(
             f"Payments benchmark: {payments} payments per run, {rounds} rounds per concurrency (ABBA order:"
-            " bare first in odd rounds, Penny first in even ones), 2 cores; each worker in its own process"
+            " bare, footprint, Penny in odd rounds, the reverse in even ones), 2 cores; each worker in its own"
+            " process"
         )
+        print(f"idle stack, cores (subtracted from the CPU per payment below): {await meter.measure_idle()}")
         for concurrency in concurrencies:
-            bare_rates: list[float] = []
-            penny_rates: list[float] = []
+            rates: dict[str, list[float]] = {side: [] for side in SIDE_ORDER}
             print(f" concurrency {concurrency}:")
             for round_number in range(1, rounds + 1):
-                # Interleaved rounds in ABBA order (bare first in odd rounds, Penny first in even
-                # ones): the machine's drift (the dev server's SQLite file grows, other load comes
-                # and goes) falls on both sides alike; the ratio is the rounds' median.
+                # Interleaved rounds in ABBA order: the machine's drift (the dev server's SQLite
+                # file grows, other load comes and goes) falls on every side alike; the ratios
+                # are the rounds' medians.
                 tag = f"{concurrency}-{round_number}"
                 bare_queue = f"bench-bare-{tag}"
                 statuses: dict[str, int] = {}
 
                 async def bare_one(index: int, queue: str = bare_queue, tag: str = tag) -> None:
                     await start_to_milestone(client, f"bare-{run_id}-{tag}-{index}", queue)
+
+                async def footprint_one(index: int, queue: str = bare_queue, tag: str = tag) -> None:
+                    await start_to_milestone(client, f"footprint-{run_id}-{tag}-{index}", queue, footprint=True)
 
                 async def penny_one(index: int, tag: str = tag, statuses: dict[str, int] = statuses) -> None:
                     payment = bench_payment(f"bench-{run_id}-{tag}-{index}", index)
@@ -230,25 +274,32 @@ async def main_async(payments: int, concurrencies: list[int], rounds: int) -> No
 
                 sides: dict[str, Side] = {
                     "bare": (bare_command, {}, bare_one, bare_one),
+                    "footprint": (bare_command, {}, footprint_one, footprint_one),
                     # Warm-up payments are not counted in the first milestones printed.
                     "penny": (penny_command, worker_environment(settings), penny_one,
                               lambda index: penny_one(index, statuses={})),
                 }  # fmt: skip
-                measured: dict[str, tuple[float, list[float]]] = {}
-                for side in ("bare", "penny") if round_number % 2 == 1 else ("penny", "bare"):
-                    measured[side] = await timed_side(sides[side], payments, concurrency)
-                bare_elapsed, bare_latencies = measured["bare"]
-                penny_elapsed, penny_latencies = measured["penny"]
-                # The bare baseline has the payment's shape: 4 activities to the milestone, 1 after.
-                bare_label = f"bare Temporal ({BARE_ACTIVITY_COUNT + BARE_AFTER_MILESTONE_COUNT} no-op activities)"
-                print(f"  round {round_number} ({'bare first' if round_number % 2 == 1 else 'Penny first'}):")
-                bare_rates.append(report(bare_label, bare_elapsed, bare_latencies))
-                penny_rates.append(report("Penny payment to CAPTURED", penny_elapsed, penny_latencies))
-                print(f"    ratio {penny_rates[-1] / bare_rates[-1]:.2f}   first milestones: {statuses}")
-            ratios = [penny / bare for penny, bare in zip(penny_rates, bare_rates, strict=True)]
+                order = SIDE_ORDER if round_number % 2 == 1 else tuple(reversed(SIDE_ORDER))
+                print(f"  round {round_number} ({', '.join(order)}):")
+                for side in order:
+                    elapsed, latencies, cpu = await timed_side(sides[side], payments, concurrency, meter, pids)
+                    rates[side].append(report(SIDE_LABELS[side], elapsed, latencies))
+                    if cpu:
+                        print(f"    {cpu}")
+                bare, footprint, penny = (rates[side][-1] for side in SIDE_ORDER)
+                print(
+                    f"    ratios: Penny / bare {penny / bare:.2f}, footprint / bare {footprint / bare:.2f},"
+                    f" Penny / footprint {penny / footprint:.2f}   first milestones: {statuses}"
+                )
+
             print(
-                f"  ratio Penny / bare = {statistics.median(ratios):.2f} (median of {rounds} interleaved rounds;"
-                f" Penny {statistics.median(penny_rates):.1f}/s, bare {statistics.median(bare_rates):.1f}/s)"
+                f"  ratio Penny / bare = {median_ratio(rates, 'penny', 'bare'):.2f}"
+                f" (median of {rounds} interleaved rounds;"
+                f" Penny {statistics.median(rates['penny']):.1f}/s, bare {statistics.median(rates['bare']):.1f}/s)"
+            )
+            print(
+                f"    of which Temporal's footprint: footprint / bare = {median_ratio(rates, 'footprint', 'bare'):.2f};"
+                f" Penny's own work: Penny / footprint = {median_ratio(rates, 'penny', 'footprint'):.2f}"
             )
 
 
