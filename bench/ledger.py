@@ -18,7 +18,10 @@ commit), migrates it, and measures on that one server, in one run:
   it: lock both accounts in id order, update two balances, append a transfer and two entries),
   through the same client (asyncpg, one statement per transaction), on 50 and on 10 accounts;
 - both ledgers' SQL alone, driven by pgbench's C client (`pgbench -f`), so the server's cost
-  per entry can be told apart from the Python client's;
+  per entry can be told apart from the Python client's; beside them, under pgbench too, the
+  entry floor (bench/_entry_floor.sql): the rows a capture entry writes (one entry, four
+  postings, four balances, on 4 of 200 accounts) written the transfer ledger's way, with none
+  of Penny's guarantees: what that row work costs on this server;
 - pgbench TPC-B (`pgbench -i -s 10`, then `-c 8 -j 2`).
 
 Every figure is printed beside the baseline it is compared with; the ratios at the end are
@@ -247,6 +250,22 @@ SELECT * FROM ledger.post_entries(ARRAY[gen_random_uuid()::text], ARRAY['pgbench
   '{{}}'::text[], '{{}}'::text[], '{{}}'::text[], '{{}}'::boolean[], '{{}}'::jsonb[]);
 """
 
+# Four distinct accounts of 200, one from each quarter: each account is locked as often as the
+# transfer ledger's (2 of 50).
+FLOOR_SCRIPT = """\\set a random(1, 50)
+\\set b random(51, 100)
+\\set c random(101, 150)
+\\set d random(151, 200)
+\\set total random(1000, 9999)
+\\set fee :total / 10
+\\set tax :total / 20
+SELECT entry_floor.post(ARRAY[:a, :b, :c, :d]::bigint[], ARRAY[:total, -:fee, -:tax, :fee + :tax - :total]::bigint[]);
+"""
+FLOOR_ACCOUNTS = 200
+FLOOR_OPEN_ACCOUNTS = (
+    f"INSERT INTO entry_floor.accounts (id, currency) SELECT n, 'USD' FROM generate_series(1, {FLOOR_ACCOUNTS}) n"
+)
+
 TRANSFER_SCRIPT = """\\set source random(1, {accounts})
 \\set other random(1, {accounts_less_one})
 SELECT transfer_ledger.transfer(:source, CASE WHEN :other >= :source THEN :other + 1 ELSE :other END,
@@ -260,6 +279,7 @@ def sql_only(server: EmbeddedPostgres, database: str, directory: Path, seconds: 
         ("low-contention", "penny post_entries"): PENNY_SCRIPT.format(last_seller=SELLERS_LOW_CONTENTION - 1),
         ("hot-accounts", "penny post_entries"): PENNY_SCRIPT.format(last_seller=SELLERS_HOT - 1),
         ("50 accounts", "transfer ledger"): TRANSFER_SCRIPT.format(accounts=50, accounts_less_one=49),
+        (f"{FLOOR_ACCOUNTS} accounts", "entry floor"): FLOOR_SCRIPT,
     }
     results = []
     for (workload, path), script in scripts.items():
@@ -346,7 +366,9 @@ def main() -> None:
             migrate(server.url("ledger_bench"))
             subprocess.run(
                 [str(postgres_bin_dir() / "psql"), "-h", server.host, "-p", str(server.port), "-U", "postgres",
-                 "-q", "-v", "ON_ERROR_STOP=1", "-f", str(BENCH_DIR / "_transfer_ledger.sql"), "ledger_bench"],
+                 "-q", "-v", "ON_ERROR_STOP=1", "-f", str(BENCH_DIR / "_transfer_ledger.sql"),
+                 "-f", str(BENCH_DIR / "_entry_floor.sql"), "-c", FLOOR_OPEN_ACCOUNTS,
+                 "ledger_bench"],
                 check=True,
                 capture_output=True,
             )  # fmt: skip
@@ -384,6 +406,9 @@ def main() -> None:
     sql_penny = best(sql, "low-contention", "penny post_entries (pgbench)")
     sql_transfers = best(sql, "50 accounts", "transfer ledger (pgbench)")
     print(f"  SQL alone: penny entries/s / transfer ledger transfers/s             = {sql_penny / sql_transfers:.2f}")
+    sql_floor = best(sql, f"{FLOOR_ACCOUNTS} accounts", "entry floor (pgbench)")
+    print(f"  SQL alone: entry floor entries/s / transfer ledger transfers/s       = {sql_floor / sql_transfers:.2f}")
+    print(f"  SQL alone: penny entries/s / entry floor entries/s                   = {sql_penny / sql_floor:.2f}")
     batched = best(penny, "low-contention", "batch of 10")
     print(f"  batch of 10 entries/s / one-statement entries/s (8 clients)         = {batched / low:.2f}")
     print(f"  batch of 10 entries/s / transfer ledger transfers/s (50 accounts)   = {batched / transfers:.2f}")
