@@ -49,6 +49,7 @@ from api.workflow_client import start_payment  # noqa: E402
 from penny.db import migrate  # noqa: E402
 from penny.payload_converter import DATA_CONVERTER  # noqa: E402
 from penny.services import (  # noqa: E402
+    HTTP_KEEP_ALIVE_SECONDS,
     EmbeddedPostgres,
     free_port,
     stop_process,
@@ -181,7 +182,7 @@ async def services(
     )
     emulator = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "stripe_emulator.app:app", "--port", str(emulator_port), "--log-level",
-         "warning", "--no-access-log"],
+         "warning", "--no-access-log", "--timeout-keep-alive", str(HTTP_KEEP_ALIVE_SECONDS)],
         cwd=ROOT,
         env={**os.environ, "PENNY_EMULATOR_DB": ""},
         start_new_session=True,

@@ -137,6 +137,7 @@ def command_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from penny.logs import configure_logging
+    from penny.services import HTTP_KEEP_ALIVE_SECONDS
 
     settings = _load_settings()
     configure_logging()
@@ -147,6 +148,7 @@ def command_api(args: argparse.Namespace) -> int:
         port=settings.api_port,
         log_config=None,
         access_log=False,
+        timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
     )
     return 0
 
@@ -162,11 +164,16 @@ def command_emulator(args: argparse.Namespace) -> int:
     import uvicorn
 
     from penny.logs import configure_logging
+    from penny.services import HTTP_KEEP_ALIVE_SECONDS
 
     settings = _load_settings()
     configure_logging()
     uvicorn.run(
-        "stripe_emulator.app:app", host=settings.host, port=args.port or settings.emulator_port, log_config=None
+        "stripe_emulator.app:app",
+        host=settings.host,
+        port=args.port or settings.emulator_port,
+        log_config=None,
+        timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
     )
     return 0
 

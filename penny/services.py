@@ -29,6 +29,12 @@ from workflows.search_attributes import SEARCH_ATTRIBUTE_TYPES
 
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 STOP_TIMEOUT_SECONDS = 15.0
+# How long the API and the emulator (uvicorn) keep an idle keep-alive connection open. uvicorn's
+# default, 5 s, equals httpx's idle expiry: a client could send a request on a connection at the
+# moment the server closed it, and get "Remote end closed connection without response" for a
+# request the server never read. Servers keep idle connections longer than their clients do
+# (Stripe's and load balancers' idle timeouts are a minute or more), so the client closes first.
+HTTP_KEEP_ALIVE_SECONDS = 75
 
 # How the supervisor restarts a child that exited (TIGER_STYLE: every retry has a named limit).
 # The wait before a restart doubles with each crash in a row, from the initial wait up to the

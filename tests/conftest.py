@@ -35,7 +35,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from penny.db import create_engine, migrate
 from penny.logs import contains_card_number, contains_secret, install_record_scrubbing, scrub
-from penny.services import EmbeddedPostgres, free_port, temporal_binary
+from penny.services import HTTP_KEEP_ALIVE_SECONDS, EmbeddedPostgres, free_port, temporal_binary
 from workflows.search_attributes import ALL_SEARCH_ATTRIBUTES
 
 pytest_plugins = ["tests.payment_fixtures"]
@@ -289,7 +289,15 @@ def start_emulator_in_thread(config: EmulatorConfig) -> RunningEmulator:
     port = free_port()
     application = create_app(config)
     server = uvicorn.Server(
-        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
+        uvicorn.Config(
+            application,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,  # as `penny emulator` runs it
+        )
     )
     thread = threading.Thread(target=server.run, name=f"stripe-emulator-{port}", daemon=True)
     thread.start()
