@@ -17,7 +17,7 @@ from temporalio.client import Client
 from api.app import create_app
 from penny.cli import build_parser
 from penny.keys import create_api_key
-from penny.services import free_port
+from penny.services import HTTP_KEEP_ALIVE_SECONDS, free_port
 from penny.settings import Settings
 from workflows.payment_models import PaymentTimings
 
@@ -46,7 +46,15 @@ async def served_api_url(
     port = free_port()
     app = create_app(settings, temporal_client=temporal_client, payment_timings=payment_timings)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,  # as `penny api` runs it
+        )
     )
     serving = asyncio.create_task(server.serve())
     for _ in range(int(SERVER_START_TIMEOUT_SECONDS / SERVER_POLL_SECONDS)):

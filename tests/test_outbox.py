@@ -55,7 +55,7 @@ from activities.outbox_types import (
 )
 from api.webhook_signature import SignatureError, parse_header, verify
 from penny.logs import contains_card_number
-from penny.services import free_port
+from penny.services import HTTP_KEEP_ALIVE_SECONDS, free_port
 from penny.settings import Settings
 from tests.payment_fixtures import PaymentStack
 from tests.test_api_support import api_client, auth, error_of, new_key
@@ -121,7 +121,15 @@ async def running_subscriber() -> AsyncIterator[Subscriber]:
 
     app = Starlette(routes=[Route("/hooks/penny", hook, methods=["POST"])])
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,  # as Penny's servers: longer than the relay's httpx
+        )
     )
     serving = asyncio.create_task(server.serve())
     deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS

@@ -30,7 +30,7 @@ from activities.webhooks import WebhookRelayActivities, claim_due_events, event_
 from api.app import create_app
 from api.webhook_signature import sign
 from api.webhooks import WEBHOOK_PATH, router
-from penny.services import free_port
+from penny.services import HTTP_KEEP_ALIVE_SECONDS, free_port
 from penny.settings import Settings
 from stripe_emulator.control import AsyncEmulatorControl
 from tests.payment_fixtures import FAST_TIMINGS, PaymentStack
@@ -91,7 +91,14 @@ class RunningApi:
 def start_api(settings: Settings, port: int) -> RunningApi:
     """The API in its own thread and event loop (its own engine and Temporal client), as in production."""
     server = uvicorn.Server(
-        uvicorn.Config(build_api(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            build_api(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,  # as `penny api` runs it
+        )
     )
     thread = threading.Thread(target=server.run, name=f"penny-api-{port}", daemon=True)
     thread.start()
