@@ -120,27 +120,22 @@ Side = tuple[list[str], dict[str, str], Callable[[int], Awaitable[None]], Callab
 
 
 async def timed_side(
-    side: Side, count: int, concurrency: int, meter: CpuMeter | None = None, pids: dict[str, int] | None = None
+    side: Side, count: int, concurrency: int, meter: CpuMeter, pids: dict[str, int]
 ) -> tuple[float, list[float], str]:
     """One side of a round (worker command, its environment, the timed call, the warm-up call):
-    its worker started afresh, a short untimed warm-up, then `count` timed. With a `meter`, also
-    the CPU each process spent per call, its work after the milestone included (measured until
-    the stack is quiet again; `pids["worker"]` is set to this side's worker)."""
+    its worker started afresh (`pids["worker"]` set to it), a short untimed warm-up, then
+    `count` timed, and the CPU each process spent per call, its work after the milestone
+    included (measured until the stack is quiet again)."""
     command, environment, one, warm_up = side
     worker = spawn_worker(command, environment)
-    if pids is not None:
-        pids["worker"] = worker.pid
+    pids["worker"] = worker.pid
     try:
         await drive(WARMUP_PAYMENTS, WARMUP_PAYMENTS, lambda index: warm_up(-1 - index))
-        if meter is not None:
-            await meter.wait_quiet()
-        mark = meter.mark() if meter is not None else None
+        await meter.wait_quiet()
+        mark = meter.mark()
         elapsed, latencies = await drive(count, concurrency, one)
-        cpu = ""
-        if meter is not None and mark is not None:
-            await meter.wait_quiet()
-            cpu = meter.per_request(mark, count).replace("per request", "per payment")
-        return elapsed, latencies, cpu
+        await meter.wait_quiet()
+        return elapsed, latencies, meter.per_request(mark, count).replace("per request", "per payment")
     finally:
         stop_process(worker)
 
